@@ -1,0 +1,57 @@
+//! # kvstore-core: the contract every kvstore backend meets
+//!
+//! kvstore gives services one coordination-store API over many backends (etcd v3, Redis,
+//! in-memory), in the spirit of Go's docker/libkv, with etcd's revisions, leases, watches
+//! and fenced locks done right. This crate is the contract and knows no backend:
+//!
+//! - [`Store`]: what users call, held as `Arc<dyn Store>` (libkv's full surface plus
+//!   leases and an event-level watch);
+//! - [`Backend`]: the few primitives a backend implements; every `Backend` is a `Store`,
+//!   and the semantics above the primitives (validation, TTL puts, watch views, lease
+//!   keep-alive, locks) are written once here;
+//! - [`Key`]/[`Prefix`] (CONTRACT §1), [`KvPair`] (§2), [`Lease`] (§4), the
+//!   [`WatchEvent`] stream (§5), [`Locker`] (§6) and [`Error`] (§7).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kvstore_core::Error> {
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use futures::StreamExt;
+//! use kvstore_core::{Error, PutOptions, Store};
+//!
+//! let store: Arc<dyn Store> = Arc::new(kvstore_memory::MemoryStore::new());
+//!
+//! let first = store.put("config/mode", Bytes::from("blue"), PutOptions::default()).await?;
+//! let mut changes = store.watch("config/mode").await?;
+//! assert_eq!(changes.next().await.unwrap()?.unwrap().value, "blue");
+//!
+//! // Compare-and-swap: only the holder of the current revision may replace it.
+//! store.atomic_put("config/mode", Bytes::from("green"), Some(&first), PutOptions::default()).await?;
+//! let stale = store.atomic_put("config/mode", Bytes::from("red"), Some(&first), PutOptions::default()).await;
+//! assert!(matches!(stale, Err(Error::KeyModified { .. })));
+//! assert_eq!(changes.next().await.unwrap()?.unwrap().value, "green");
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod capabilities;
+mod error;
+mod key;
+mod lease;
+mod lock;
+mod options;
+mod pair;
+mod store;
+mod watch;
+
+pub use backend::{Backend, Condition};
+pub use capabilities::Capabilities;
+pub use error::{BoxError, Error, Result};
+pub use key::{Key, MAX_KEY_LEN, Prefix};
+pub use lease::{Lease, LeaseGrant, LeaseId, LeaseLoss};
+pub use lock::{LockGuard, Locker};
+pub use options::{DEFAULT_LOCK_TTL, LockOptions, PutOptions};
+pub use pair::KvPair;
+pub use store::Store;
+pub use watch::{EventBatchStream, Snapshot, WatchEvent, WatchFrom, WatchTarget};

@@ -1,0 +1,193 @@
+//! Distributed locks with fencing tokens (CONTRACT §6), written once for every backend.
+//!
+//! The recipe is etcd `clientv3/concurrency`'s mutex: each contender grants a lease and
+//! creates a waiter key `{lock key}/{lease id}` in the store's lock area (outside the user
+//! key space); waiters are served in order of their keys' create revisions, and each one
+//! watches only its predecessor's key, so a release wakes exactly one waiter. The holder
+//! then writes the lock's value at the user key on the same lease (libkv: the value is
+//! visible while the lock is held). Revoking the lease releases everything at one
+//! revision; a dead holder's lease expires after its TTL.
+//!
+//! The fencing token is the create revision of the holder's waiter key: successive
+//! holders of one key get strictly increasing tokens, so a resource can reject writes
+//! from a holder that has been replaced.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::lease::{Lease, LeaseLoss};
+use crate::options::{LockOptions, PutOptions};
+use crate::pair::KvPair;
+use crate::store::Store;
+
+/// A lock on one key, created by [`crate::Store::new_lock`]. [`Locker::lock`] may be
+/// called again after the previous guard is released.
+pub struct Locker {
+    store: Arc<dyn Store>,
+    area: Arc<dyn Store>,
+    key: Key,
+    options: LockOptions,
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locker")
+            .field("key", &self.key)
+            .field("ttl", &self.options.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A held lock. Renews its lease while it lives; [`LockGuard::unlock`] or dropping it
+/// releases the lock.
+pub struct LockGuard {
+    key: Key,
+    lease: Lease,
+    fencing_token: u64,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Locker {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        area: Arc<dyn Store>,
+        key: Key,
+        options: LockOptions,
+    ) -> Locker {
+        Locker {
+            store,
+            area,
+            key,
+            options,
+        }
+    }
+
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        self.key.as_str()
+    }
+
+    /// Wait until the lock is acquired and return its guard. Cancel by dropping the
+    /// future (e.g. with `tokio::time::timeout`): the waiter's lease is then revoked.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] if the lease ends while waiting; any error of the store
+    /// (`Unavailable`, `Closed`, ...).
+    pub async fn lock(&self) -> Result<LockGuard> {
+        let lease = self.store.grant_lease(self.options.ttl).await?;
+        let waiter = self.key.join(&lease.id().to_string())?;
+        let mine = self
+            .area
+            .atomic_put(
+                waiter.as_str(),
+                bytes::Bytes::new(),
+                None,
+                PutOptions::with_lease(lease.id()),
+            )
+            .await?;
+        let lost = |reason| Error::LockLost {
+            key: self.key.to_string(),
+            reason,
+        };
+        loop {
+            let Some(predecessor) = self.predecessor(&mine).await? else {
+                break;
+            };
+            tokio::select! {
+                reason = lease.lost() => return Err(lost(reason)),
+                gone = self.wait_deleted(&predecessor) => gone?,
+            }
+        }
+        self.store
+            .put(
+                self.key.as_str(),
+                self.options.value.clone(),
+                PutOptions::with_lease(lease.id()),
+            )
+            .await?;
+        Ok(LockGuard {
+            key: self.key.clone(),
+            lease,
+            fencing_token: mine.create_revision,
+        })
+    }
+
+    /// The waiter just ahead of `mine`, or `None` when `mine` is first in line.
+    async fn predecessor(&self, mine: &KvPair) -> Result<Option<String>> {
+        let waiters = self.area.list(self.key.as_str()).await?;
+        let mut queue: Vec<&KvPair> = waiters
+            .iter()
+            .filter(|w| !w.key[self.key.as_str().len() + 1..].contains('/'))
+            .collect();
+        if !queue.iter().any(|w| w.key == mine.key) {
+            return Err(Error::LockLost {
+                key: self.key.to_string(),
+                reason: LeaseLoss::Expired,
+            });
+        }
+        queue.sort_by_key(|w| w.create_revision);
+        Ok(queue
+            .iter()
+            .take_while(|w| w.create_revision < mine.create_revision)
+            .last()
+            .map(|w| w.key.clone()))
+    }
+
+    async fn wait_deleted(&self, waiter: &str) -> Result<()> {
+        let mut states = self.area.watch(waiter).await?;
+        while let Some(state) = states.next().await {
+            if state?.is_none() {
+                return Ok(());
+            }
+        }
+        Err(Error::Closed {
+            backend: self.store.backend(),
+        })
+    }
+}
+
+impl LockGuard {
+    /// The fencing token: the create revision of this holder's waiter key, strictly
+    /// greater than every earlier holder's token for the same key. Pass it to the
+    /// resource the lock protects so it can reject a replaced holder.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        self.key.as_str()
+    }
+
+    /// Resolves if the lock's lease is lost (the lock may then be held by another).
+    pub async fn lost(&self) -> LeaseLoss {
+        self.lease.lost().await
+    }
+
+    /// Release the lock: the user key and the waiter key are deleted at one revision.
+    ///
+    /// # Errors
+    /// The store's error if the release could not be sent; the lock is then freed when
+    /// its TTL runs out.
+    pub async fn unlock(self) -> Result<()> {
+        self.lease.revoke().await
+    }
+
+    /// Stop renewing without releasing, as if this holder had crashed: the lock frees
+    /// itself after its TTL. For fault tests and hand-over on process exit.
+    pub fn abandon(self) {
+        self.lease.abandon();
+    }
+}

@@ -1,0 +1,77 @@
+//! Option structs for writes and locks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseId;
+
+/// Options for `put` and `atomic_put`.
+///
+/// `ttl` and `lease` are mutually exclusive: setting both is [`Error::InvalidArgument`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Expire the key this long after the write unless it is rewritten (libkv
+    /// `WriteOptions.TTL`). Implemented as a fresh lease of that TTL that is not kept
+    /// alive; backends round it up to their granularity (etcd: whole seconds). Zero is
+    /// [`Error::InvalidArgument`].
+    pub ttl: Option<Duration>,
+    /// Attach the key to an existing lease (etcd `WithLease`): it is deleted when the
+    /// lease expires or is revoked.
+    pub lease: Option<LeaseId>,
+}
+
+impl PutOptions {
+    /// Options that expire the key after `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        PutOptions {
+            ttl: Some(ttl),
+            lease: None,
+        }
+    }
+
+    /// Options that attach the key to `lease`.
+    pub fn with_lease(lease: LeaseId) -> Self {
+        PutOptions {
+            ttl: None,
+            lease: Some(lease),
+        }
+    }
+
+    pub(crate) fn validate(&self, operation: &'static str) -> Result<()> {
+        if self.ttl.is_some() && self.lease.is_some() {
+            return Err(Error::invalid_argument(
+                operation,
+                "`ttl` and `lease` are mutually exclusive",
+            ));
+        }
+        if self.ttl == Some(Duration::ZERO) {
+            return Err(Error::invalid_argument(operation, "a zero TTL is not allowed"));
+        }
+        Ok(())
+    }
+}
+
+/// The TTL used by [`LockOptions::default`]: 15 seconds, etcd `concurrency`'s default
+/// session TTL is 60 s; a shorter one replaces a dead holder sooner.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// Options for `new_lock` (libkv `LockOptions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    /// The value the lock key holds while the lock is held, visible to `get(key)`.
+    pub value: Bytes,
+    /// The lease TTL: the guard renews it while held, so holding longer is fine; a holder
+    /// that dies is replaced after at most this long (plus the backend's granularity).
+    pub ttl: Duration,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            value: Bytes::new(),
+            ttl: DEFAULT_LOCK_TTL,
+        }
+    }
+}

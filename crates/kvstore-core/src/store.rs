@@ -1,0 +1,346 @@
+//! [`Store`]: the user-facing API (libkv's `Store`, in Rust), implemented once for every
+//! [`Backend`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::backend::{Backend, Condition};
+use crate::capabilities::Capabilities;
+use crate::error::{Error, Result};
+use crate::key::{Key, Prefix};
+use crate::lease::{Lease, LeaseId};
+use crate::lock::Locker;
+use crate::options::{LockOptions, PutOptions};
+use crate::pair::KvPair;
+use crate::watch::{self, WatchEvent, WatchFrom, WatchTarget};
+
+/// A coordination store: keys, values, revisions, leases, watches and locks, with the
+/// same semantics on every backend (CONTRACT §1–§7). Hold it as `Arc<dyn Store>`.
+///
+/// Keys are `/`-separated paths relative to the store's namespace; invalid keys and
+/// oversize values are rejected with [`Error::InvalidKey`] / [`Error::ValueTooLarge`]
+/// before any I/O. After [`Store::close`] every call returns [`Error::Closed`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's short name (`"memory"`, `"etcd"`, `"redis"`).
+    fn backend(&self) -> &'static str;
+
+    /// What the backend supports and its limits.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Write `value` at `key`, creating or replacing it (libkv `Put`). With
+    /// `options.ttl` the key expires after that long unless rewritten; with
+    /// `options.lease` it is deleted when the lease ends.
+    ///
+    /// # Errors
+    /// `InvalidKey`, `ValueTooLarge`, `InvalidArgument` (both ttl and lease, zero ttl),
+    /// `Unsupported` (ttl/lease without lease support), `LeaseLost` (unknown lease), or the
+    /// backend's I/O errors.
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair>;
+
+    /// The pair at `key` (libkv `Get`).
+    ///
+    /// # Errors
+    /// `KeyNotFound` when absent or expired; `InvalidKey`.
+    async fn get(&self, key: &str) -> Result<KvPair>;
+
+    /// Whether `key` exists (and has not expired).
+    ///
+    /// # Errors
+    /// `InvalidKey`, or the backend's I/O errors.
+    async fn exists(&self, key: &str) -> Result<bool>;
+
+    /// Delete `key`. Idempotent: deleting an absent key succeeds and writes nothing.
+    ///
+    /// # Errors
+    /// `InvalidKey`, or the backend's I/O errors.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Every pair strictly below `prefix`, recursively, sorted by key; empty when none
+    /// (differs from libkv, which errored). `list("svc")` never returns `svc` or `svcX/..`.
+    ///
+    /// # Errors
+    /// `InvalidKey` for a malformed prefix, or the backend's I/O errors.
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>>;
+
+    /// Delete every key strictly below `prefix` atomically, at one revision.
+    ///
+    /// # Errors
+    /// `InvalidKey`, or the backend's I/O errors.
+    async fn delete_tree(&self, prefix: &str) -> Result<()>;
+
+    /// Compare-and-swap (libkv `AtomicPut`). With `previous == None` the key is created
+    /// only if absent (etcd `Txn` with `CreateRevision == 0`); with `Some(prev)` it is
+    /// replaced only if its revision still equals `prev.revision` (etcd `ModRevision`).
+    ///
+    /// # Errors
+    /// `KeyExists` (create on a present key), `KeyNotFound` (replace on an absent key),
+    /// `KeyModified` (revision differs), plus those of [`Store::put`].
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair>;
+
+    /// Delete `key` only if its revision equals `previous.revision` (libkv
+    /// `AtomicDelete`).
+    ///
+    /// # Errors
+    /// `KeyNotFound` when absent, `KeyModified` when the revision differs, `InvalidKey`.
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()>;
+
+    /// libkv `Watch`: the key's current value (`None` if absent: watching a missing key is
+    /// allowed), then its value after every change, `None` after a delete or expiry. A
+    /// rewrite of the same value is a change. Never misses a change: after a gap it
+    /// yields the current state. Ends when dropped or when the store closes.
+    ///
+    /// # Errors
+    /// `InvalidKey`, `Unsupported` without watch support; later failures arrive as `Err`
+    /// items.
+    async fn watch(&self, key: &str) -> Result<BoxStream<'static, Result<Option<KvPair>>>>;
+
+    /// libkv `WatchTree`: the full sorted list below `prefix` now, then after every
+    /// revision that changed it (differs from libkv's etcd v3, which sent deltas).
+    ///
+    /// # Errors
+    /// As [`Store::watch`].
+    async fn watch_tree(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<KvPair>>>>;
+
+    /// The event-level watch of everything below `prefix`: `Put` / `Delete` events in
+    /// revision order, starting with a [`WatchEvent::Snapshot`] or after a revision
+    /// ([`WatchFrom`]), with [`WatchEvent::Resync`] when history was lost.
+    ///
+    /// # Errors
+    /// As [`Store::watch`].
+    async fn watch_prefix_events(
+        &self,
+        prefix: &str,
+        from: WatchFrom,
+    ) -> Result<BoxStream<'static, Result<WatchEvent>>>;
+
+    /// A [`Locker`] for `key` (libkv `NewLock`); nothing is written until
+    /// [`Locker::lock`].
+    ///
+    /// # Errors
+    /// `InvalidKey`, `InvalidArgument` (zero TTL), `Unsupported` without lock support.
+    fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker>;
+
+    /// Grant a lease of `ttl` (rounded up to the backend's granularity) and keep it alive
+    /// in the background every `ttl / 3` while the returned handle lives.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a zero TTL, `Unsupported` without lease support, I/O errors.
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease>;
+
+    /// Refresh `lease` once (as `etcdctl lease keep-alive --once`); returns its TTL from
+    /// now.
+    ///
+    /// # Errors
+    /// `LeaseLost` if the lease no longer exists.
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration>;
+
+    /// Revoke `lease` now: its keys are deleted at one revision. Revoking a lease that no
+    /// longer exists succeeds.
+    ///
+    /// # Errors
+    /// The backend's I/O errors.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+
+    /// Stop every background task and revoke this store's leases; every later call
+    /// returns [`Error::Closed`]. Cloned handles share the store and are closed too.
+    ///
+    /// # Errors
+    /// The backend's I/O errors while revoking.
+    async fn close(&self) -> Result<()>;
+}
+
+fn check_value<B: Backend>(backend: &B, key: &Key, value: &Bytes) -> Result<()> {
+    let limit = Backend::capabilities(backend).max_value_size;
+        if value.len() > limit {
+            return Err(Error::ValueTooLarge {
+                key: key.to_string(),
+                size: value.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+fn require<B: Backend>(backend: &B, supported: bool, operation: &'static str) -> Result<()> {
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                operation,
+                backend: backend.name(),
+            })
+        }
+    }
+
+fn check_ttl<B: Backend>(backend: &B, ttl: Duration, operation: &'static str) -> Result<()> {
+        require(backend, Backend::capabilities(backend).leases, operation)?;
+        if ttl.is_zero() {
+            return Err(Error::invalid_argument(operation, "a zero TTL is not allowed"));
+        }
+        Ok(())
+    }
+
+/// Validated write with options: a TTL becomes a fresh lease that is not kept alive
+/// (as libkv's etcd v3 store did), revoked again if the write fails.
+async fn write_with_options<B: Backend>(
+        backend: &B,
+        operation: &'static str,
+        key: &str,
+        value: Bytes,
+        condition: Condition,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let key = Key::new(key)?;
+        check_value(backend, &key, &value)?;
+        options.validate(operation)?;
+        if options.lease.is_some() {
+            require(backend, Backend::capabilities(backend).leases, operation)?;
+        }
+        let Some(ttl) = options.ttl else {
+            return backend.write(&key, value, condition, options.lease).await;
+        };
+        check_ttl(backend, ttl, operation)?;
+        let grant = backend.lease_grant(ttl).await?;
+        let written = backend.write(&key, value, condition, Some(grant.id)).await;
+        if written.is_err() {
+            // Best effort: an unused lease expires by itself anyway.
+            let _ = backend.lease_revoke(grant.id).await;
+        }
+        written
+}
+
+#[async_trait]
+impl<B: Backend> Store for B {
+    fn backend(&self) -> &'static str {
+        self.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Backend::capabilities(self)
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        write_with_options(self, "put", key, value, Condition::Always, options)
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<KvPair> {
+        let key = Key::new(key)?;
+        self.fetch(&key).await?.ok_or_else(|| Error::KeyNotFound {
+            key: key.to_string(),
+        })
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.fetch(&Key::new(key)?).await?.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.remove(&Key::new(key)?, Condition::Always).await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+        self.fetch_prefix(&Prefix::new(prefix)?).await
+    }
+
+    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+        self.remove_prefix(&Prefix::new(prefix)?).await?;
+        Ok(())
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let condition = match previous {
+            None => Condition::Absent,
+            Some(previous) => Condition::Revision(previous.revision),
+        };
+        write_with_options(self, "atomic_put", key, value, condition, options)
+            .await
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let key = Key::new(key)?;
+        self.remove(&key, Condition::Revision(previous.revision))
+            .await?;
+        Ok(())
+    }
+
+    async fn watch(&self, key: &str) -> Result<BoxStream<'static, Result<Option<KvPair>>>> {
+        let key = Key::new(key)?;
+        require(self, Backend::capabilities(self).watch, "watch")?;
+        let batches = self
+            .subscribe(WatchTarget::Key(key), WatchFrom::Snapshot)
+            .await?;
+        Ok(watch::key_view(batches))
+    }
+
+    async fn watch_tree(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<KvPair>>>> {
+        let prefix = Prefix::new(prefix)?;
+        require(self, Backend::capabilities(self).watch, "watch_tree")?;
+        let batches = self
+            .subscribe(WatchTarget::Prefix(prefix), WatchFrom::Snapshot)
+            .await?;
+        Ok(watch::tree_view(batches))
+    }
+
+    async fn watch_prefix_events(
+        &self,
+        prefix: &str,
+        from: WatchFrom,
+    ) -> Result<BoxStream<'static, Result<WatchEvent>>> {
+        let prefix = Prefix::new(prefix)?;
+        require(self, Backend::capabilities(self).watch, "watch_prefix_events")?;
+        let batches = self.subscribe(WatchTarget::Prefix(prefix), from).await?;
+        Ok(watch::event_view(batches))
+    }
+
+    fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker> {
+        let key = Key::new(key)?;
+        require(self, Backend::capabilities(self).locks, "new_lock")?;
+        check_ttl(self, options.ttl, "new_lock")?;
+        check_value(self, &key, &options.value)?;
+        Ok(Locker::new(
+            Arc::new(self.clone()),
+            Arc::new(self.lock_area()),
+            key,
+            options,
+        ))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        check_ttl(self, ttl, "grant_lease")?;
+        let grant = self.lease_grant(ttl).await?;
+        Ok(Lease::keep_alive(Arc::new(self.clone()), grant))
+    }
+
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
+        require(self, Backend::capabilities(self).leases, "keep_alive_lease")?;
+        self.lease_keep_alive(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        require(self, Backend::capabilities(self).leases, "revoke_lease")?;
+        self.lease_revoke(lease).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,152 @@
+//! Watch events and the libkv views built on them (CONTRACT §5).
+//!
+//! Backends produce one thing: a stream of [`WatchEvent`] batches for a key or a prefix
+//! ([`crate::Backend::subscribe`]). The user-facing forms are built here, once:
+//! [`crate::Store::watch`] (a key's value after each change),
+//! [`crate::Store::watch_tree`] (the full list below a prefix after each change) and
+//! [`crate::Store::watch_prefix_events`] (the events themselves).
+
+use std::collections::BTreeMap;
+
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::error::Result;
+use crate::key::{Key, Prefix};
+use crate::pair::KvPair;
+
+/// The full state of a watched key or prefix at one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The store revision the snapshot was read at; events that follow are newer.
+    pub revision: u64,
+    /// Every pair of the target at `revision`, sorted by key.
+    pub pairs: Vec<KvPair>,
+}
+
+/// One item of an event-level watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The state when the watch started (only with [`WatchFrom::Snapshot`]).
+    Snapshot(Snapshot),
+    /// History between the last delivered event and now was lost (etcd compaction,
+    /// Redis stream trimmed, memory ring overflow): this is the full current state, and
+    /// events continue after its revision. Consumers replace what they hold.
+    Resync(Snapshot),
+    /// A key was created or updated.
+    Put(KvPair),
+    /// A key was deleted (explicitly, by `delete_tree`, or by lease expiry or revocation).
+    Delete {
+        /// The deleted key, relative to the store's namespace.
+        key: String,
+        /// The revision of the delete.
+        revision: u64,
+    },
+}
+
+impl WatchEvent {
+    /// The store revision this event brings the watcher to.
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Snapshot(s) | WatchEvent::Resync(s) => s.revision,
+            WatchEvent::Put(pair) => pair.revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// Where an event-level watch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchFrom {
+    /// With a [`WatchEvent::Snapshot`] of the current state, read at the same revision
+    /// the watch starts from, so nothing falls in between.
+    Snapshot,
+    /// With the first event whose revision is greater than this one (resuming after the
+    /// last revision a consumer saw). If that history is gone the first item is a
+    /// [`WatchEvent::Resync`].
+    After(u64),
+}
+
+/// What a backend watch observes: one key, or every key strictly below a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchTarget {
+    /// Exactly this key.
+    Key(Key),
+    /// Every key strictly below this prefix.
+    Prefix(Prefix),
+}
+
+impl WatchTarget {
+    /// Whether the normalised key `key` is watched by this target.
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            WatchTarget::Key(k) => k.as_str() == key,
+            WatchTarget::Prefix(p) => p.contains(key),
+        }
+    }
+}
+
+/// A backend's watch: batches that each hold whole revisions, in revision order.
+pub type EventBatchStream = BoxStream<'static, Result<Vec<WatchEvent>>>;
+
+/// The event-level view: batches flattened into single events.
+pub(crate) fn event_view(batches: EventBatchStream) -> BoxStream<'static, Result<WatchEvent>> {
+    batches
+        .flat_map(|batch| match batch {
+            Ok(events) => stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        })
+        .boxed()
+}
+
+/// libkv's `Watch`: the key's value now, then after every change (`None` when absent).
+pub(crate) fn key_view(batches: EventBatchStream) -> BoxStream<'static, Result<Option<KvPair>>> {
+    event_view(batches)
+        .map(|event| {
+            event.map(|event| match event {
+                WatchEvent::Snapshot(s) | WatchEvent::Resync(s) => s.pairs.into_iter().next(),
+                WatchEvent::Put(pair) => Some(pair),
+                WatchEvent::Delete { .. } => None,
+            })
+        })
+        .boxed()
+}
+
+/// libkv's `WatchTree`: the full sorted list now, then after every revision that touched
+/// the prefix (one list per revision, however many keys it changed).
+pub(crate) fn tree_view(batches: EventBatchStream) -> BoxStream<'static, Result<Vec<KvPair>>> {
+    batches
+        .scan(BTreeMap::<String, KvPair>::new(), |state, batch| {
+            let lists: Vec<Result<Vec<KvPair>>> = match batch {
+                Err(e) => vec![Err(e)],
+                Ok(events) => {
+                    let mut lists = Vec::new();
+                    let mut events = events.into_iter().peekable();
+                    while let Some(event) = events.next() {
+                        let revision = event.revision();
+                        apply(state, event);
+                        if events.peek().is_none_or(|next| next.revision() != revision) {
+                            lists.push(Ok(state.values().cloned().collect()));
+                        }
+                    }
+                    lists
+                }
+            };
+            futures::future::ready(Some(stream::iter(lists)))
+        })
+        .flatten()
+        .boxed()
+}
+
+fn apply(state: &mut BTreeMap<String, KvPair>, event: WatchEvent) {
+    match event {
+        WatchEvent::Snapshot(s) | WatchEvent::Resync(s) => {
+            *state = s.pairs.into_iter().map(|p| (p.key.clone(), p)).collect();
+        }
+        WatchEvent::Put(pair) => {
+            state.insert(pair.key.clone(), pair);
+        }
+        WatchEvent::Delete { key, .. } => {
+            state.remove(&key);
+        }
+    }
+}

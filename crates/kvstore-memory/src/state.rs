@@ -1,0 +1,299 @@
+//! The store's state under one mutex: data, leases, revision counter and event history.
+//!
+//! Keys here are *physical*: the handle's area root (namespace and user/lock area) plus
+//! the user key, so handles with different namespaces share one map without seeing each
+//! other.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvstore_core::{Condition, Error, KvPair, LeaseId, LeaseLoss, Result};
+use tokio::time::Instant;
+
+use crate::BACKEND;
+
+/// One stored key.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub value: Bytes,
+    pub revision: u64,
+    pub create_revision: u64,
+    pub lease: Option<LeaseId>,
+}
+
+impl Entry {
+    pub fn to_pair(&self, key: String) -> KvPair {
+        KvPair {
+            key,
+            value: self.value.clone(),
+            revision: self.revision,
+            create_revision: self.create_revision,
+            lease: self.lease,
+        }
+    }
+}
+
+/// One change in the history ring: `entry` is the new state, `None` for a delete.
+#[derive(Clone, Debug)]
+pub(crate) struct Change {
+    pub revision: u64,
+    pub key: String,
+    pub entry: Option<Entry>,
+}
+
+struct LeaseState {
+    ttl: Duration,
+    deadline: Instant,
+    keys: BTreeSet<String>,
+}
+
+pub(crate) struct State {
+    revision: u64,
+    data: BTreeMap<String, Entry>,
+    leases: HashMap<LeaseId, LeaseState>,
+    next_lease: i64,
+    history: VecDeque<Change>,
+    history_capacity: usize,
+    /// Every change at or below this revision has left the history ring.
+    compacted: u64,
+    closed: bool,
+}
+
+impl State {
+    pub fn new(history_capacity: usize) -> State {
+        State {
+            revision: 0,
+            data: BTreeMap::new(),
+            leases: HashMap::new(),
+            next_lease: 1,
+            history: VecDeque::new(),
+            history_capacity: history_capacity.max(1),
+            compacted: 0,
+            closed: false,
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// Fails with `Closed` after shutdown; otherwise expires due leases first, so no read
+    /// or write ever sees an expired key.
+    pub fn open(&mut self, now: Instant) -> Result<&mut State> {
+        if self.closed {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        self.expire_due(now);
+        Ok(self)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.data.get(key)
+    }
+
+    /// Every entry whose physical key starts with `start`, in key order.
+    pub fn range<'a>(&'a self, start: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+        self.data
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(start))
+    }
+
+    /// Changes newer than `after`, oldest first.
+    pub fn changes_after(&self, after: u64) -> impl Iterator<Item = &Change> {
+        let first = self.history.partition_point(|c| c.revision <= after);
+        self.history.range(first..)
+    }
+
+    pub fn write(
+        &mut self,
+        key: &str,
+        user_key: &str,
+        value: Bytes,
+        condition: Condition,
+        lease: Option<LeaseId>,
+    ) -> Result<Entry> {
+        self.check(key, user_key, condition)?;
+        if let Some(id) = lease
+            && !self.leases.contains_key(&id)
+        {
+            return Err(Error::LeaseLost {
+                lease: id,
+                reason: LeaseLoss::Expired,
+            });
+        }
+        let revision = self.next_revision();
+        let previous = self.data.get(key);
+        let create_revision = previous.map_or(revision, |e| e.create_revision);
+        if let Some(old) = previous.and_then(|e| e.lease) {
+            self.detach(old, key);
+        }
+        if let Some(id) = lease
+            && let Some(state) = self.leases.get_mut(&id)
+        {
+            state.keys.insert(key.to_owned());
+        }
+        let entry = Entry {
+            value,
+            revision,
+            create_revision,
+            lease,
+        };
+        self.data.insert(key.to_owned(), entry.clone());
+        self.record(revision, key.to_owned(), Some(entry.clone()));
+        Ok(entry)
+    }
+
+    pub fn remove(&mut self, key: &str, user_key: &str, condition: Condition) -> Result<Option<u64>> {
+        self.check(key, user_key, condition)?;
+        if !self.data.contains_key(key) {
+            return Ok(None);
+        }
+        let revision = self.next_revision();
+        self.delete_at(revision, key);
+        Ok(Some(revision))
+    }
+
+    pub fn remove_range(&mut self, start: &str) -> Option<u64> {
+        let keys: Vec<String> = self.range(start).map(|(k, _)| k.clone()).collect();
+        self.delete_all(keys)
+    }
+
+    pub fn grant(&mut self, ttl: Duration, now: Instant) -> LeaseId {
+        let id = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        self.leases.insert(
+            id,
+            LeaseState {
+                ttl,
+                deadline: now + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        id
+    }
+
+    pub fn keep_alive(&mut self, id: LeaseId, now: Instant) -> Result<Duration> {
+        let lease = self.leases.get_mut(&id).ok_or(Error::LeaseLost {
+            lease: id,
+            reason: LeaseLoss::Expired,
+        })?;
+        lease.deadline = now + lease.ttl;
+        Ok(lease.ttl)
+    }
+
+    pub fn revoke(&mut self, id: LeaseId) {
+        if let Some(lease) = self.leases.remove(&id) {
+            self.delete_all(lease.keys.into_iter().collect());
+        }
+    }
+
+    /// The earliest lease deadline, for the reaper.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.leases.values().map(|l| l.deadline).min()
+    }
+
+    /// Expire every lease whose deadline has passed, each at its own revision, oldest
+    /// deadline first.
+    pub fn expire_due(&mut self, now: Instant) {
+        let mut due: Vec<(Instant, LeaseId)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, l)| (l.deadline, *id))
+            .collect();
+        due.sort();
+        for (_, id) in due {
+            self.revoke(id);
+        }
+    }
+
+    /// Close the store: revoke every lease (their keys are deleted, as on a server) and
+    /// refuse every later call.
+    pub fn close(&mut self) {
+        let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+        for id in ids {
+            self.revoke(id);
+        }
+        self.closed = true;
+    }
+
+    /// Drop all history up to the current revision (etcd `Compact`).
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.revision;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn check(&self, key: &str, user_key: &str, condition: Condition) -> Result<()> {
+        let current = self.data.get(key);
+        match (condition, current) {
+            (Condition::Always, _) | (Condition::Absent, None) => Ok(()),
+            (Condition::Absent, Some(_)) => Err(Error::KeyExists {
+                key: user_key.to_owned(),
+            }),
+            (Condition::Revision(_), None) => Err(Error::KeyNotFound {
+                key: user_key.to_owned(),
+            }),
+            (Condition::Revision(expected), Some(entry)) if entry.revision != expected => {
+                Err(Error::KeyModified {
+                    key: user_key.to_owned(),
+                    expected,
+                    actual: entry.revision,
+                })
+            }
+            (Condition::Revision(_), Some(_)) => Ok(()),
+        }
+    }
+
+    fn delete_all(&mut self, keys: Vec<String>) -> Option<u64> {
+        if keys.is_empty() {
+            return None;
+        }
+        let revision = self.next_revision();
+        for key in keys {
+            self.delete_at(revision, &key);
+        }
+        Some(revision)
+    }
+
+    fn delete_at(&mut self, revision: u64, key: &str) {
+        if let Some(entry) = self.data.remove(key) {
+            if let Some(id) = entry.lease {
+                self.detach(id, key);
+            }
+            self.record(revision, key.to_owned(), None);
+        }
+    }
+
+    fn detach(&mut self, lease: LeaseId, key: &str) {
+        if let Some(state) = self.leases.get_mut(&lease) {
+            state.keys.remove(key);
+        }
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn record(&mut self, revision: u64, key: String, entry: Option<Entry>) {
+        if self.history.len() == self.history_capacity
+            && let Some(dropped) = self.history.pop_front()
+        {
+            self.compacted = self.compacted.max(dropped.revision);
+        }
+        self.history.push_back(Change {
+            revision,
+            key,
+            entry,
+        });
+    }
+}

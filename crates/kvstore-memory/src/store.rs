@@ -1,0 +1,337 @@
+//! [`MemoryStore`]: the handle users clone, and its [`Backend`] implementation.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::{
+    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
+    Prefix, Result, WatchFrom, WatchTarget,
+};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::BACKEND;
+use crate::state::State;
+
+/// The largest value accepted by default: 1.5 MiB, etcd's default request limit, so code
+/// tested on memory does not break on etcd.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
+
+/// How many changes the history ring keeps by default. A watcher that falls further
+/// behind gets a `Resync` instead of the store holding unbounded memory.
+pub const DEFAULT_HISTORY_CAPACITY: usize = 10_000;
+
+/// Options for [`MemoryStore::with_config`].
+#[derive(Clone, Debug)]
+pub struct MemoryConfig {
+    /// The root prefix of the handle's keys; handles with different namespaces on one
+    /// store never see each other's keys. Default: empty.
+    pub namespace: String,
+    /// Values larger than this many bytes are rejected. Default
+    /// [`DEFAULT_MAX_VALUE_SIZE`].
+    pub max_value_size: usize,
+    /// How many changes the history ring keeps (at least 1). Default
+    /// [`DEFAULT_HISTORY_CAPACITY`].
+    pub history_capacity: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            namespace: String::new(),
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            history_capacity: DEFAULT_HISTORY_CAPACITY,
+        }
+    }
+}
+
+/// The state shared by every handle of one store.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// The current revision, for waking watchers.
+    pub revision: watch::Sender<u64>,
+    /// Wakes the reaper when lease deadlines change.
+    deadlines: Arc<Notify>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
+    max_value_size: usize,
+}
+
+impl Shared {
+    /// The state, after expiring due leases; `Closed` after shutdown.
+    pub fn open(&self) -> Result<MutexGuard<'_, State>> {
+        let mut state = self.lock();
+        state.open(Instant::now())?;
+        Ok(state)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written in a way a
+        // later reader could observe (every mutation completes before returning), so a
+        // poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tell watchers about a new revision if `before` is not current any more.
+    fn publish(&self, state: &State, before: u64) {
+        if state.revision() != before {
+            self.revision.send_replace(state.revision());
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.get_mut().ok().and_then(Option::take) {
+            reaper.abort();
+        }
+    }
+}
+
+/// The in-memory store. Cloning gives another handle on the same store.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    /// Physical prefix of this handle's keys: area marker, namespace, `/`.
+    root: Arc<str>,
+    namespace: Arc<str>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+const USER_AREA: &str = "kv";
+const LOCK_AREA: &str = "lock";
+
+impl MemoryStore {
+    /// A new, empty store with the default [`MemoryConfig`].
+    pub fn new() -> MemoryStore {
+        MemoryStore::with_config(MemoryConfig::default())
+    }
+
+    /// A new, empty store.
+    pub fn with_config(config: MemoryConfig) -> MemoryStore {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(config.history_capacity)),
+            revision: watch::Sender::new(0),
+            deadlines: Arc::new(Notify::new()),
+            reaper: Mutex::new(None),
+            max_value_size: config.max_value_size,
+        });
+        MemoryStore::handle(shared, USER_AREA, config.namespace.trim_matches('/'))
+    }
+
+    /// Another handle on the same store whose keys live under `namespace` instead.
+    pub fn with_namespace(&self, namespace: &str) -> MemoryStore {
+        MemoryStore::handle(self.shared.clone(), USER_AREA, namespace.trim_matches('/'))
+    }
+
+    fn handle(shared: Arc<Shared>, area: &str, namespace: &str) -> MemoryStore {
+        MemoryStore {
+            shared,
+            root: format!("{area}:{namespace}/").into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// Drop the watch history up to the current revision, as etcd's `Compact`: a watcher
+    /// resuming from an older revision then receives a `Resync`. Affects every handle.
+    ///
+    /// # Errors
+    /// `Closed` after `close()`.
+    pub fn compact(&self) -> Result<()> {
+        self.shared.open()?.compact();
+        Ok(())
+    }
+
+    fn physical(&self, key: &str) -> String {
+        format!("{}{key}", self.root)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn root(&self) -> &Arc<str> {
+        &self.root
+    }
+
+    /// Run `f` on the open state and wake watchers if it wrote.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut state = self.shared.open()?;
+        let before = state.revision();
+        let outcome = f(&mut state);
+        self.shared.publish(&state, before);
+        outcome
+    }
+
+    /// Start the lease reaper if it is not running. It holds only a weak reference, so
+    /// it ends with the store.
+    fn ensure_reaper(&self) {
+        let mut reaper = self
+            .shared
+            .reaper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if reaper.is_none() {
+            let weak = Arc::downgrade(&self.shared);
+            let deadlines = self.shared.deadlines.clone();
+            *reaper = Some(tokio::spawn(reap(weak, deadlines)));
+        }
+    }
+}
+
+/// Delete the keys of expired leases when their deadline passes, so watchers see expiry
+/// even when nobody reads.
+async fn reap(shared: Weak<Shared>, deadlines: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let state = shared.lock();
+            if state.is_closed() {
+                return;
+            }
+            state.next_deadline()
+        };
+        match next {
+            Some(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = deadlines.notified() => {}
+            },
+            None => deadlines.notified().await,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut state = shared.lock();
+        let before = state.revision();
+        state.expire_due(Instant::now());
+        shared.publish(&state, before);
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryStore {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_size: self.shared.max_value_size,
+            leases: true,
+            ttl_granularity: Duration::from_millis(1),
+            watch: true,
+            locks: true,
+            tokio_clock: true,
+        }
+    }
+
+    fn lock_area(&self) -> Self {
+        MemoryStore::handle(self.shared.clone(), LOCK_AREA, &self.namespace)
+    }
+
+    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+        let state = self.shared.open()?;
+        Ok(state
+            .get(&self.physical(key.as_str()))
+            .map(|e| e.to_pair(key.to_string())))
+    }
+
+    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+        let state = self.shared.open()?;
+        let start = self.physical(&prefix.key_start());
+        Ok(state
+            .range(&start)
+            .map(|(k, e)| e.to_pair(k[self.root.len()..].to_owned()))
+            .collect())
+    }
+
+    async fn write(
+        &self,
+        key: &Key,
+        value: Bytes,
+        condition: Condition,
+        lease: Option<LeaseId>,
+    ) -> Result<KvPair> {
+        let physical = self.physical(key.as_str());
+        self.mutate(|state| state.write(&physical, key.as_str(), value, condition, lease))
+            .map(|entry| entry.to_pair(key.to_string()))
+    }
+
+    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
+        if condition == Condition::Absent {
+            return Err(Error::invalid_argument(
+                "remove",
+                "a delete cannot require the key to be absent",
+            ));
+        }
+        let physical = self.physical(key.as_str());
+        self.mutate(|state| state.remove(&physical, key.as_str(), condition))
+    }
+
+    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+        let start = self.physical(&prefix.key_start());
+        self.mutate(|state| Ok(state.remove_range(&start)))
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+        let id = self.mutate(|state| Ok(state.grant(ttl, Instant::now())))?;
+        self.ensure_reaper();
+        self.shared.deadlines.notify_one();
+        Ok(LeaseGrant { id, ttl })
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let ttl = self.mutate(|state| state.keep_alive(lease, Instant::now()))?;
+        self.shared.deadlines.notify_one();
+        Ok(ttl)
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.mutate(|state| {
+            state.revoke(lease);
+            Ok(())
+        })
+    }
+
+    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+        drop(self.shared.open()?);
+        Ok(crate::watch::subscribe(self, target, from))
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let mut state = self.shared.lock();
+        let before = state.revision();
+        state.close();
+        self.shared.publish(&state, before);
+        // Wake every watcher so its stream ends, even if closing wrote nothing.
+        self.shared.revision.send_modify(|_| {});
+        drop(state);
+        if let Some(reaper) = self
+            .shared
+            .reaper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            reaper.abort();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! CONTRACT §3 `close()` and §7 errors.
+
+use futures::StreamExt;
+use kvstore_core::{Error, KvPair, LockOptions, PutOptions};
+
+use crate::{Harness, WAIT, fresh_store, next_item, value};
+
+fn is_closed<T: std::fmt::Debug>(result: kvstore_core::Result<T>) -> bool {
+    matches!(result, Err(Error::Closed { .. }))
+}
+
+/// After `close()` every call fails with `Closed`, open watches end, and held leases
+/// report loss.
+pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
+    let (_, store) = fresh_store(harness).await;
+    let pair: KvPair = store.put("k", value("v"), PutOptions::default()).await.unwrap();
+    let mut states = store.watch("k").await.unwrap();
+    next_item(&mut states, "current value").await;
+    let lease = if store.capabilities().leases {
+        Some(store.grant_lease(harness.ttl()).await.unwrap())
+    } else {
+        None
+    };
+    store.close().await.unwrap();
+    assert!(is_closed(store.put("k", value("v"), PutOptions::default()).await));
+    assert!(is_closed(store.get("k").await));
+    assert!(is_closed(store.exists("k").await));
+    assert!(is_closed(store.delete("k").await));
+    assert!(is_closed(store.list("").await));
+    assert!(is_closed(store.delete_tree("").await));
+    assert!(is_closed(store.atomic_put("k", value("w"), Some(&pair), PutOptions::default()).await));
+    assert!(is_closed(store.atomic_delete("k", &pair).await));
+    assert!(is_closed(store.watch("k").await.map(|_| ())));
+    assert!(is_closed(store.grant_lease(harness.ttl()).await.map(|_| ())));
+    if store.capabilities().locks {
+        let locker = store.new_lock("lock", LockOptions::default());
+        if let Ok(locker) = locker {
+            assert!(is_closed(locker.lock().await));
+        }
+    }
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(item) = states.next().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "an open watch ends when the store closes");
+    if let Some(lease) = lease {
+        let lost = tokio::time::timeout(WAIT, lease.lost()).await.expect("lost() fires");
+        assert_ne!(lost, kvstore_core::LeaseLoss::KeepAliveFailed);
+    }
+}

@@ -1,1 +1,36 @@
+//! # kvstore: one coordination-store API over etcd, Redis and memory
+//!
+//! libkv for Rust: key/value with revisions, compare-and-swap, leases and TTLs, lossless
+//! watches and fenced locks, with the same semantics on every backend (see
+//! [`kvstore_core`] and CONTRACT.md). Pick a backend with a Cargo feature and a URL:
+//!
+//! | URL | feature | backend |
+//! |---|---|---|
+//! | `memory://` | `memory` (default) | in-process, on tokio's clock |
+//! | `etcd://host:port[,host:port...][/namespace]` | `etcd` | etcd v3 |
+//! | `redis://host:port/db` | `redis` | Redis |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore::Result<()> {
+//! use bytes::Bytes;
+//! use kvstore::{PutOptions, Store};
+//!
+//! let store = kvstore::open("memory://").await?;
+//! store.put("services/api/1", Bytes::from("10.0.0.1:8080"), PutOptions::default()).await?;
+//! let instances = store.list("services/api").await?;
+//! assert_eq!(instances.len(), 1);
+//!
+//! let wrong = kvstore::open("zookeeper://localhost:2181").await;
+//! assert!(matches!(wrong, Err(kvstore::Error::Config { .. })));
+//! # Ok(()) }
+//! ```
 
+mod open;
+
+pub use kvstore_core::*;
+pub use open::open;
+
+/// The in-memory backend ([`kvstore_memory`]).
+#[cfg(feature = "memory")]
+pub use kvstore_memory as memory;

@@ -1,0 +1,39 @@
+//! `kvstore::open` parses store URLs and names what is wrong with bad ones.
+
+use kvstore::Error;
+
+fn config_message(result: kvstore::Result<std::sync::Arc<dyn kvstore::Store>>) -> String {
+    match result {
+        Err(Error::Config { message }) => message,
+        Err(other) => panic!("expected Config, got {other}"),
+        Ok(_) => panic!("expected Config, got a store"),
+    }
+}
+
+#[tokio::test]
+async fn memory_url_opens_a_memory_store() {
+    let store = kvstore::open("memory://").await.unwrap();
+    assert_eq!(store.backend(), "memory");
+    let namespaced = kvstore::open("memory://?namespace=app").await.unwrap();
+    assert_eq!(namespaced.backend(), "memory");
+}
+
+#[tokio::test]
+async fn malformed_url_is_a_config_error_naming_it() {
+    let message = config_message(kvstore::open("localhost:2379").await);
+    assert!(message.contains("localhost:2379"), "{message}");
+}
+
+#[tokio::test]
+async fn unknown_scheme_is_a_config_error_naming_it() {
+    let message = config_message(kvstore::open("zookeeper://h:2181").await);
+    assert!(message.contains("zookeeper"), "{message}");
+}
+
+#[tokio::test]
+async fn memory_url_with_unknown_option_is_a_config_error() {
+    let message = config_message(kvstore::open("memory://?colour=blue").await);
+    assert!(message.contains("colour"), "{message}");
+    let message = config_message(kvstore::open("memory://somehost/path").await);
+    assert!(message.contains("memory://"), "{message}");
+}

@@ -47,7 +47,10 @@ impl PutOptions {
             ));
         }
         if self.ttl == Some(Duration::ZERO) {
-            return Err(Error::invalid_argument(operation, "a zero TTL is not allowed"));
+            return Err(Error::invalid_argument(
+                operation,
+                "a zero TTL is not allowed",
+            ));
         }
         Ok(())
     }

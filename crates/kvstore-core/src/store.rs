@@ -162,62 +162,65 @@ pub trait Store: Send + Sync + 'static {
 
 fn check_value<B: Backend>(backend: &B, key: &Key, value: &Bytes) -> Result<()> {
     let limit = Backend::capabilities(backend).max_value_size;
-        if value.len() > limit {
-            return Err(Error::ValueTooLarge {
-                key: key.to_string(),
-                size: value.len(),
-                limit,
-            });
-        }
-        Ok(())
+    if value.len() > limit {
+        return Err(Error::ValueTooLarge {
+            key: key.to_string(),
+            size: value.len(),
+            limit,
+        });
     }
+    Ok(())
+}
 
 fn require<B: Backend>(backend: &B, supported: bool, operation: &'static str) -> Result<()> {
-        if supported {
-            Ok(())
-        } else {
-            Err(Error::Unsupported {
-                operation,
-                backend: backend.name(),
-            })
-        }
+    if supported {
+        Ok(())
+    } else {
+        Err(Error::Unsupported {
+            operation,
+            backend: backend.name(),
+        })
     }
+}
 
 fn check_ttl<B: Backend>(backend: &B, ttl: Duration, operation: &'static str) -> Result<()> {
-        require(backend, Backend::capabilities(backend).leases, operation)?;
-        if ttl.is_zero() {
-            return Err(Error::invalid_argument(operation, "a zero TTL is not allowed"));
-        }
-        Ok(())
+    require(backend, Backend::capabilities(backend).leases, operation)?;
+    if ttl.is_zero() {
+        return Err(Error::invalid_argument(
+            operation,
+            "a zero TTL is not allowed",
+        ));
     }
+    Ok(())
+}
 
 /// Validated write with options: a TTL becomes a fresh lease that is not kept alive
 /// (as libkv's etcd v3 store did), revoked again if the write fails.
 async fn write_with_options<B: Backend>(
-        backend: &B,
-        operation: &'static str,
-        key: &str,
-        value: Bytes,
-        condition: Condition,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let key = Key::new(key)?;
-        check_value(backend, &key, &value)?;
-        options.validate(operation)?;
-        if options.lease.is_some() {
-            require(backend, Backend::capabilities(backend).leases, operation)?;
-        }
-        let Some(ttl) = options.ttl else {
-            return backend.write(&key, value, condition, options.lease).await;
-        };
-        check_ttl(backend, ttl, operation)?;
-        let grant = backend.lease_grant(ttl).await?;
-        let written = backend.write(&key, value, condition, Some(grant.id)).await;
-        if written.is_err() {
-            // Best effort: an unused lease expires by itself anyway.
-            let _ = backend.lease_revoke(grant.id).await;
-        }
-        written
+    backend: &B,
+    operation: &'static str,
+    key: &str,
+    value: Bytes,
+    condition: Condition,
+    options: PutOptions,
+) -> Result<KvPair> {
+    let key = Key::new(key)?;
+    check_value(backend, &key, &value)?;
+    options.validate(operation)?;
+    if options.lease.is_some() {
+        require(backend, Backend::capabilities(backend).leases, operation)?;
+    }
+    let Some(ttl) = options.ttl else {
+        return backend.write(&key, value, condition, options.lease).await;
+    };
+    check_ttl(backend, ttl, operation)?;
+    let grant = backend.lease_grant(ttl).await?;
+    let written = backend.write(&key, value, condition, Some(grant.id)).await;
+    if written.is_err() {
+        // Best effort: an unused lease expires by itself anyway.
+        let _ = backend.lease_revoke(grant.id).await;
+    }
+    written
 }
 
 #[async_trait]
@@ -231,8 +234,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        write_with_options(self, "put", key, value, Condition::Always, options)
-            .await
+        write_with_options(self, "put", key, value, Condition::Always, options).await
     }
 
     async fn get(&self, key: &str) -> Result<KvPair> {
@@ -271,8 +273,7 @@ impl<B: Backend> Store for B {
             None => Condition::Absent,
             Some(previous) => Condition::Revision(previous.revision),
         };
-        write_with_options(self, "atomic_put", key, value, condition, options)
-            .await
+        write_with_options(self, "atomic_put", key, value, condition, options).await
     }
 
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
@@ -306,7 +307,11 @@ impl<B: Backend> Store for B {
         from: WatchFrom,
     ) -> Result<BoxStream<'static, Result<WatchEvent>>> {
         let prefix = Prefix::new(prefix)?;
-        require(self, Backend::capabilities(self).watch, "watch_prefix_events")?;
+        require(
+            self,
+            Backend::capabilities(self).watch,
+            "watch_prefix_events",
+        )?;
         let batches = self.subscribe(WatchTarget::Prefix(prefix), from).await?;
         Ok(watch::event_view(batches))
     }

@@ -148,7 +148,12 @@ impl State {
         Ok(entry)
     }
 
-    pub fn remove(&mut self, key: &str, user_key: &str, condition: Condition) -> Result<Option<u64>> {
+    pub fn remove(
+        &mut self,
+        key: &str,
+        user_key: &str,
+        condition: Condition,
+    ) -> Result<Option<u64>> {
         self.check(key, user_key, condition)?;
         if !self.data.contains_key(key) {
             return Ok(None);

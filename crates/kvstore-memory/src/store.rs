@@ -71,7 +71,9 @@ impl Shared {
         // A panic while holding the lock cannot leave the state half-written in a way a
         // later reader could observe (every mutation completes before returning), so a
         // poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Tell watchers about a new revision if `before` is not current any more.

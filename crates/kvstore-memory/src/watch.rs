@@ -24,7 +24,11 @@ struct Watcher {
     revisions: watch::Receiver<u64>,
 }
 
-pub(crate) fn subscribe(store: &MemoryStore, target: WatchTarget, from: WatchFrom) -> EventBatchStream {
+pub(crate) fn subscribe(
+    store: &MemoryStore,
+    target: WatchTarget,
+    from: WatchFrom,
+) -> EventBatchStream {
     let shared = store.shared().clone();
     let revisions = shared.revision.subscribe();
     let watcher = Watcher {

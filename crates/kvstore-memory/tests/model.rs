@@ -19,19 +19,53 @@ const PREFIXES: &[&str] = &["", "a", "a/b", "b", "ab"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { key: &'static str, value: u8, ttl_secs: Option<u64> },
-    PutOnLease { key: &'static str, value: u8, lease: i64 },
-    Get { key: &'static str },
-    Delete { key: &'static str },
-    DeleteTree { prefix: &'static str },
-    List { prefix: &'static str },
-    Create { key: &'static str, value: u8 },
-    CompareAndPut { key: &'static str, value: u8, revision: u64 },
-    CompareAndDelete { key: &'static str, revision: u64 },
-    GrantLease { ttl_secs: u64 },
-    KeepAlive { lease: i64 },
-    Revoke { lease: i64 },
-    Advance { millis: u64 },
+    Put {
+        key: &'static str,
+        value: u8,
+        ttl_secs: Option<u64>,
+    },
+    PutOnLease {
+        key: &'static str,
+        value: u8,
+        lease: i64,
+    },
+    Get {
+        key: &'static str,
+    },
+    Delete {
+        key: &'static str,
+    },
+    DeleteTree {
+        prefix: &'static str,
+    },
+    List {
+        prefix: &'static str,
+    },
+    Create {
+        key: &'static str,
+        value: u8,
+    },
+    CompareAndPut {
+        key: &'static str,
+        value: u8,
+        revision: u64,
+    },
+    CompareAndDelete {
+        key: &'static str,
+        revision: u64,
+    },
+    GrantLease {
+        ttl_secs: u64,
+    },
+    KeepAlive {
+        lease: i64,
+    },
+    Revoke {
+        lease: i64,
+    },
+    Advance {
+        millis: u64,
+    },
 }
 
 /// What an operation returned, comparable between model and store.
@@ -71,7 +105,11 @@ impl Model {
         self.expire();
         match *op {
             Op::Advance { .. } => Outcome::Done,
-            Op::Put { key, value, ttl_secs } => {
+            Op::Put {
+                key,
+                value,
+                ttl_secs,
+            } => {
                 let lease = ttl_secs.map(|ttl| self.grant(ttl * 1000));
                 self.write(key, value, lease)
             }
@@ -82,20 +120,35 @@ impl Model {
                     Outcome::LeaseLost
                 }
             }
-            Op::Get { key } => self.keys.get(key).cloned().map_or(Outcome::NotFound, Outcome::Pair),
+            Op::Get { key } => self
+                .keys
+                .get(key)
+                .cloned()
+                .map_or(Outcome::NotFound, Outcome::Pair),
             Op::Delete { key } => {
                 self.delete_all(vec![key.to_owned()]);
                 Outcome::Done
             }
             Op::DeleteTree { prefix } => {
                 let prefix = Prefix::new(prefix).unwrap();
-                let doomed = self.keys.keys().filter(|k| prefix.contains(k)).cloned().collect();
+                let doomed = self
+                    .keys
+                    .keys()
+                    .filter(|k| prefix.contains(k))
+                    .cloned()
+                    .collect();
                 self.delete_all(doomed);
                 Outcome::Done
             }
             Op::List { prefix } => {
                 let prefix = Prefix::new(prefix).unwrap();
-                Outcome::Pairs(self.keys.values().filter(|p| prefix.contains(&p.key)).cloned().collect())
+                Outcome::Pairs(
+                    self.keys
+                        .values()
+                        .filter(|p| prefix.contains(&p.key))
+                        .cloned()
+                        .collect(),
+                )
             }
             Op::Create { key, value } => {
                 if self.keys.contains_key(key) {
@@ -104,7 +157,11 @@ impl Model {
                     self.write(key, value, None)
                 }
             }
-            Op::CompareAndPut { key, value, revision } => match self.keys.get(key) {
+            Op::CompareAndPut {
+                key,
+                value,
+                revision,
+            } => match self.keys.get(key) {
                 None => Outcome::NotFound,
                 Some(p) if p.revision != revision => Outcome::Modified,
                 Some(_) => self.write(key, value, None),
@@ -135,13 +192,22 @@ impl Model {
     fn grant(&mut self, ttl_ms: u64) -> i64 {
         self.next_lease += 1;
         let deadline_ms = self.now_ms + ttl_ms;
-        self.leases.insert(self.next_lease, ModelLease { ttl_ms, deadline_ms });
+        self.leases.insert(
+            self.next_lease,
+            ModelLease {
+                ttl_ms,
+                deadline_ms,
+            },
+        );
         self.next_lease
     }
 
     fn write(&mut self, key: &str, value: u8, lease: Option<i64>) -> Outcome {
         self.revision += 1;
-        let create_revision = self.keys.get(key).map_or(self.revision, |p| p.create_revision);
+        let create_revision = self
+            .keys
+            .get(key)
+            .map_or(self.revision, |p| p.create_revision);
         let pair = KvPair {
             key: key.to_owned(),
             value: Bytes::from(vec![value]),
@@ -154,7 +220,10 @@ impl Model {
     }
 
     fn delete_all(&mut self, keys: Vec<String>) {
-        let present: Vec<String> = keys.into_iter().filter(|k| self.keys.contains_key(k)).collect();
+        let present: Vec<String> = keys
+            .into_iter()
+            .filter(|k| self.keys.contains_key(k))
+            .collect();
         if !present.is_empty() {
             self.revision += 1;
             for key in present {
@@ -249,7 +318,11 @@ impl System {
                 tokio::time::advance(Duration::from_millis(millis)).await;
                 Outcome::Done
             }
-            Op::Put { key, value, ttl_secs } => {
+            Op::Put {
+                key,
+                value,
+                ttl_secs,
+            } => {
                 let options = match ttl_secs {
                     Some(secs) => PutOptions::with_ttl(Duration::from_secs(secs)),
                     None => PutOptions::default(),
@@ -272,9 +345,15 @@ impl System {
             }
             Op::List { prefix } => Outcome::Pairs(store.list(prefix).await?),
             Op::Create { key, value } => Outcome::Pair(
-                store.atomic_put(key, bytes(value), None, PutOptions::default()).await?,
+                store
+                    .atomic_put(key, bytes(value), None, PutOptions::default())
+                    .await?,
             ),
-            Op::CompareAndPut { key, value, revision } => {
+            Op::CompareAndPut {
+                key,
+                value,
+                revision,
+            } => {
                 let previous = expected_pair(key, revision);
                 Outcome::Pair(
                     store
@@ -283,7 +362,9 @@ impl System {
                 )
             }
             Op::CompareAndDelete { key, revision } => {
-                store.atomic_delete(key, &expected_pair(key, revision)).await?;
+                store
+                    .atomic_delete(key, &expected_pair(key, revision))
+                    .await?;
                 Outcome::Done
             }
             // The raw grant: a kept-alive `Lease` handle would move deadlines by itself.

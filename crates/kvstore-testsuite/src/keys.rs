@@ -45,14 +45,20 @@ pub async fn get_of_missing_key_fails_with_key_not_found(harness: &dyn Harness) 
 pub async fn exists_reports_presence(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     assert!(!store.exists("e").await.unwrap());
-    store.put("e", value("1"), PutOptions::default()).await.unwrap();
+    store
+        .put("e", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(store.exists("e").await.unwrap());
 }
 
 /// `delete` removes the key; deleting an absent key is not an error.
 pub async fn delete_removes_the_key_and_is_idempotent(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    store.put("d", value("1"), PutOptions::default()).await.unwrap();
+    store
+        .put("d", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     store.delete("d").await.unwrap();
     assert!(!store.exists("d").await.unwrap());
     store.delete("d").await.unwrap();
@@ -74,15 +80,23 @@ pub async fn binary_and_empty_values_round_trip(harness: &dyn Harness) {
         .unwrap();
     let empty = store.get("empty").await.unwrap();
     assert!(empty.value.is_empty());
-    assert!(store.exists("empty").await.unwrap(), "an empty value still exists");
+    assert!(
+        store.exists("empty").await.unwrap(),
+        "an empty value still exists"
+    );
 }
 
 /// `* ? [ ] \ %` are ordinary key characters: never globs or patterns.
 pub async fn special_characters_in_keys_are_literal(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let keys = ["g/a*/1", "g/a?/1", "g/[ab]/1", "g/a\\b/1", "g/100%/1", "g/ab/1"];
+    let keys = [
+        "g/a*/1", "g/a?/1", "g/[ab]/1", "g/a\\b/1", "g/100%/1", "g/ab/1",
+    ];
     for key in keys {
-        store.put(key, value(key), PutOptions::default()).await.unwrap();
+        store
+            .put(key, value(key), PutOptions::default())
+            .await
+            .unwrap();
     }
     for key in keys {
         assert_eq!(store.get(key).await.unwrap().value, key);
@@ -95,7 +109,11 @@ pub async fn special_characters_in_keys_are_literal(harness: &dyn Harness) {
             .into_iter()
             .map(|p| p.key)
             .collect();
-        assert_eq!(listed, vec![format!("{prefix}/1")], "list({prefix:?}) globbed");
+        assert_eq!(
+            listed,
+            vec![format!("{prefix}/1")],
+            "list({prefix:?}) globbed"
+        );
     }
     store.delete_tree("g/a*").await.unwrap();
     assert!(store.exists("g/ab/1").await.unwrap(), "delete_tree globbed");
@@ -106,21 +124,42 @@ pub async fn invalid_keys_are_rejected_before_io(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     for key in ["", "/", "a//b", "a/./b", "../etc", "a/..", "nul\0byte"] {
         let put = store.put(key, value("x"), PutOptions::default()).await;
-        assert!(matches!(put, Err(Error::InvalidKey { .. })), "put({key:?}): {put:?}");
+        assert!(
+            matches!(put, Err(Error::InvalidKey { .. })),
+            "put({key:?}): {put:?}"
+        );
         let get = store.get(key).await;
-        assert!(matches!(get, Err(Error::InvalidKey { .. })), "get({key:?}): {get:?}");
+        assert!(
+            matches!(get, Err(Error::InvalidKey { .. })),
+            "get({key:?}): {get:?}"
+        );
         let delete = store.delete(key).await;
-        assert!(matches!(delete, Err(Error::InvalidKey { .. })), "delete({key:?})");
+        assert!(
+            matches!(delete, Err(Error::InvalidKey { .. })),
+            "delete({key:?})"
+        );
         let create = store
             .atomic_put(key, value("x"), None, PutOptions::default())
             .await;
-        assert!(matches!(create, Err(Error::InvalidKey { .. })), "atomic_put({key:?})");
+        assert!(
+            matches!(create, Err(Error::InvalidKey { .. })),
+            "atomic_put({key:?})"
+        );
     }
     for prefix in ["a//b", "..", "x\0"] {
-        assert!(matches!(store.list(prefix).await, Err(Error::InvalidKey { .. })));
-        assert!(matches!(store.delete_tree(prefix).await, Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            store.list(prefix).await,
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            store.delete_tree(prefix).await,
+            Err(Error::InvalidKey { .. })
+        ));
     }
-    assert!(store.list("").await.unwrap().is_empty(), "nothing was written");
+    assert!(
+        store.list("").await.unwrap().is_empty(),
+        "nothing was written"
+    );
 }
 
 /// A value over the backend's limit is `ValueTooLarge` with the sizes, and nothing is
@@ -130,12 +169,18 @@ pub async fn oversize_value_is_rejected_before_io(harness: &dyn Harness) {
     let limit = store.capabilities().max_value_size;
     let big = Bytes::from(vec![7u8; limit + 1]);
     match store.put("big", big.clone(), PutOptions::default()).await {
-        Err(Error::ValueTooLarge { key, size, limit: l }) => {
+        Err(Error::ValueTooLarge {
+            key,
+            size,
+            limit: l,
+        }) => {
             assert_eq!((key.as_str(), size, l), ("big", limit + 1, limit));
         }
         other => panic!("expected ValueTooLarge, got {other:?}"),
     }
-    let create = store.atomic_put("big", big, None, PutOptions::default()).await;
+    let create = store
+        .atomic_put("big", big, None, PutOptions::default())
+        .await;
     assert!(matches!(create, Err(Error::ValueTooLarge { .. })));
     assert!(!store.exists("big").await.unwrap());
 }
@@ -144,7 +189,10 @@ pub async fn oversize_value_is_rejected_before_io(harness: &dyn Harness) {
 pub async fn namespaces_are_isolated(harness: &dyn Harness) {
     let (_, first) = fresh_store(harness).await;
     let (_, second) = fresh_store(harness).await;
-    first.put("shared/name", value("first"), PutOptions::default()).await.unwrap();
+    first
+        .put("shared/name", value("first"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(!second.exists("shared/name").await.unwrap());
     assert!(second.list("").await.unwrap().is_empty());
     second.delete_tree("").await.unwrap();

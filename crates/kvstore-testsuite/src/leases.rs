@@ -15,7 +15,10 @@ use crate::{Harness, WAIT, fresh_store, next_item, value};
 pub async fn wait_until_absent(store: &Arc<dyn Store>, key: &str) {
     let mut states = store.watch(key).await.unwrap();
     loop {
-        if next_item(&mut states, &format!("waiting for {key} to go")).await.is_none() {
+        if next_item(&mut states, &format!("waiting for {key} to go"))
+            .await
+            .is_none()
+        {
             return;
         }
     }
@@ -50,8 +53,14 @@ pub async fn ttl_key_expires_and_watchers_see_the_delete(harness: &dyn Harness) 
     assert!(written.lease.is_some(), "a TTL put is attached to a lease");
     let mut states = store.watch("ephemeral").await.unwrap();
     assert!(next_item(&mut states, "current value").await.is_some());
-    assert!(next_item(&mut states, "expiry").await.is_none(), "expiry is a delete");
-    assert!(matches!(store.get("ephemeral").await, Err(Error::KeyNotFound { .. })));
+    assert!(
+        next_item(&mut states, "expiry").await.is_none(),
+        "expiry is a delete"
+    );
+    assert!(matches!(
+        store.get("ephemeral").await,
+        Err(Error::KeyNotFound { .. })
+    ));
     assert!(!store.exists("ephemeral").await.unwrap());
     assert!(store.list("").await.unwrap().is_empty());
 }
@@ -66,7 +75,10 @@ pub async fn rewriting_ttl_key_without_ttl_keeps_it(harness: &dyn Harness) {
         .put("k", value("1"), PutOptions::with_ttl(harness.ttl()))
         .await
         .unwrap();
-    let rewritten = store.put("k", value("2"), PutOptions::default()).await.unwrap();
+    let rewritten = store
+        .put("k", value("2"), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(rewritten.lease, None);
     let_server_time_pass(&store, harness.ttl() * 2).await;
     assert_eq!(store.get("k").await.unwrap().value, "2");
@@ -86,7 +98,10 @@ pub async fn revoking_a_lease_deletes_its_keys_at_one_revision(harness: &dyn Har
             .unwrap();
         assert_eq!(pair.lease, Some(lease.id()));
     }
-    store.put("leased/free", value("x"), PutOptions::default()).await.unwrap();
+    store
+        .put("leased/free", value("x"), PutOptions::default())
+        .await
+        .unwrap();
     let mut events = store
         .watch_prefix_events("leased", WatchFrom::Snapshot)
         .await
@@ -100,10 +115,24 @@ pub async fn revoking_a_lease_deletes_its_keys_at_one_revision(harness: &dyn Har
             other => panic!("expected a delete, got {other:?}"),
         }
     }
-    assert!(revisions.iter().all(|r| *r == revisions[0]), "{revisions:?}");
-    let lost = tokio::time::timeout(WAIT, lease.lost()).await.expect("lost() fires");
-    assert!(matches!(lost, LeaseLoss::Expired | LeaseLoss::Revoked), "{lost:?}");
-    let left: Vec<String> = store.list("leased").await.unwrap().into_iter().map(|p| p.key).collect();
+    assert!(
+        revisions.iter().all(|r| *r == revisions[0]),
+        "{revisions:?}"
+    );
+    let lost = tokio::time::timeout(WAIT, lease.lost())
+        .await
+        .expect("lost() fires");
+    assert!(
+        matches!(lost, LeaseLoss::Expired | LeaseLoss::Revoked),
+        "{lost:?}"
+    );
+    let left: Vec<String> = store
+        .list("leased")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(left, ["leased/free"]);
 }
 
@@ -117,10 +146,18 @@ pub async fn lease_lost_fires_when_revoked_elsewhere(harness: &dyn Harness) {
     let lease = store.grant_lease(harness.ttl()).await.unwrap();
     assert_eq!(lease.loss(), None);
     other.revoke_lease(lease.id()).await.unwrap();
-    let lost = tokio::time::timeout(WAIT, lease.lost()).await.expect("lost() fires");
-    assert!(matches!(lost, LeaseLoss::Expired | LeaseLoss::Revoked), "{lost:?}");
+    let lost = tokio::time::timeout(WAIT, lease.lost())
+        .await
+        .expect("lost() fires");
+    assert!(
+        matches!(lost, LeaseLoss::Expired | LeaseLoss::Revoked),
+        "{lost:?}"
+    );
     let keep_alive = other.keep_alive_lease(lease.id()).await;
-    assert!(matches!(keep_alive, Err(Error::LeaseLost { .. })), "{keep_alive:?}");
+    assert!(
+        matches!(keep_alive, Err(Error::LeaseLost { .. })),
+        "{keep_alive:?}"
+    );
 }
 
 /// A lease whose handle lives is kept alive well past its TTL, with its keys.
@@ -155,8 +192,13 @@ pub async fn abandoned_lease_expires_with_its_keys(harness: &dyn Harness) {
     let id = lease.abandon();
     wait_until_absent(&store, "orphan").await;
     let keep_alive = store.keep_alive_lease(id).await;
-    assert!(matches!(keep_alive, Err(Error::LeaseLost { .. })), "{keep_alive:?}");
-    let put = store.put("late", value("x"), PutOptions::with_lease(id)).await;
+    assert!(
+        matches!(keep_alive, Err(Error::LeaseLost { .. })),
+        "{keep_alive:?}"
+    );
+    let put = store
+        .put("late", value("x"), PutOptions::with_lease(id))
+        .await;
     assert!(matches!(put, Err(Error::LeaseLost { .. })), "{put:?}");
     let mut all = store.watch_tree("").await.unwrap();
     assert!(all.next().await.unwrap().unwrap().is_empty());

@@ -5,7 +5,7 @@
 //! own random namespace, so suites can share one server. A backend crate (ours or a third
 //! party's) runs all of it with one macro call:
 //!
-//! ```ignore
+//! ```text
 //! kvstore_testsuite::conformance_tests! {
 //!     #[tokio::test(start_paused = true)]
 //!     harness = MyHarness::new()

@@ -13,7 +13,10 @@ fn is_closed<T: std::fmt::Debug>(result: kvstore_core::Result<T>) -> bool {
 /// report loss.
 pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let pair: KvPair = store.put("k", value("v"), PutOptions::default()).await.unwrap();
+    let pair: KvPair = store
+        .put("k", value("v"), PutOptions::default())
+        .await
+        .unwrap();
     let mut states = store.watch("k").await.unwrap();
     next_item(&mut states, "current value").await;
     let lease = if store.capabilities().leases {
@@ -22,16 +25,24 @@ pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
         None
     };
     store.close().await.unwrap();
-    assert!(is_closed(store.put("k", value("v"), PutOptions::default()).await));
+    assert!(is_closed(
+        store.put("k", value("v"), PutOptions::default()).await
+    ));
     assert!(is_closed(store.get("k").await));
     assert!(is_closed(store.exists("k").await));
     assert!(is_closed(store.delete("k").await));
     assert!(is_closed(store.list("").await));
     assert!(is_closed(store.delete_tree("").await));
-    assert!(is_closed(store.atomic_put("k", value("w"), Some(&pair), PutOptions::default()).await));
+    assert!(is_closed(
+        store
+            .atomic_put("k", value("w"), Some(&pair), PutOptions::default())
+            .await
+    ));
     assert!(is_closed(store.atomic_delete("k", &pair).await));
     assert!(is_closed(store.watch("k").await.map(|_| ())));
-    assert!(is_closed(store.grant_lease(harness.ttl()).await.map(|_| ())));
+    assert!(is_closed(
+        store.grant_lease(harness.ttl()).await.map(|_| ())
+    ));
     if store.capabilities().locks {
         let locker = store.new_lock("lock", LockOptions::default());
         if let Ok(locker) = locker {
@@ -48,7 +59,9 @@ pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
     .await;
     assert!(ended.is_ok(), "an open watch ends when the store closes");
     if let Some(lease) = lease {
-        let lost = tokio::time::timeout(WAIT, lease.lost()).await.expect("lost() fires");
+        let lost = tokio::time::timeout(WAIT, lease.lost())
+            .await
+            .expect("lost() fires");
         assert_ne!(lost, kvstore_core::LeaseLoss::KeepAliveFailed);
     }
 }

@@ -25,10 +25,16 @@ pub async fn lock_value_is_visible_while_held_and_gone_after_unlock(harness: &dy
     if !locks_supported(&store) {
         return;
     }
-    let locker = store.new_lock("locks/a", options(harness, "holder-1")).unwrap();
+    let locker = store
+        .new_lock("locks/a", options(harness, "holder-1"))
+        .unwrap();
     for round in 0..2 {
         let guard = locker.lock().await.unwrap();
-        assert_eq!(store.get("locks/a").await.unwrap().value, "holder-1", "round {round}");
+        assert_eq!(
+            store.get("locks/a").await.unwrap().value,
+            "holder-1",
+            "round {round}"
+        );
         guard.unlock().await.unwrap();
         assert!(!store.exists("locks/a").await.unwrap(), "round {round}");
     }
@@ -46,7 +52,13 @@ pub async fn lock_bookkeeping_is_invisible(harness: &dyn Harness) {
         .lock()
         .await
         .unwrap();
-    let keys: Vec<String> = store.list("").await.unwrap().into_iter().map(|p| p.key).collect();
+    let keys: Vec<String> = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(keys, ["jobs/leader"]);
     assert!(store.list("jobs/leader").await.unwrap().is_empty());
     guard.unlock().await.unwrap();
@@ -67,9 +79,14 @@ pub async fn lock_is_renewed_past_its_ttl(harness: &dyn Harness) {
         .unwrap();
     let_server_time_pass(&store, harness.ttl() * 3).await;
     assert_eq!(store.get("renewed").await.unwrap().value, "me");
-    let contender = store.new_lock("renewed", options(harness, "other")).unwrap();
+    let contender = store
+        .new_lock("renewed", options(harness, "other"))
+        .unwrap();
     let attempt = tokio::time::timeout(harness.ttl(), contender.lock()).await;
-    assert!(attempt.is_err(), "the lock is still held by the first guard");
+    assert!(
+        attempt.is_err(),
+        "the lock is still held by the first guard"
+    );
     guard.unlock().await.unwrap();
 }
 
@@ -118,7 +135,9 @@ pub async fn dead_holder_is_replaced_after_ttl(harness: &dyn Harness) {
     let dead_token = dead.fencing_token();
     dead.abandon();
     let other = harness.open(&namespace).await.unwrap();
-    let successor = other.new_lock("fragile", options(harness, "alive")).unwrap();
+    let successor = other
+        .new_lock("fragile", options(harness, "alive"))
+        .unwrap();
     let guard = tokio::time::timeout(WAIT, successor.lock())
         .await
         .expect("the dead holder is replaced within the TTL")
@@ -138,9 +157,16 @@ pub async fn fencing_tokens_increase(harness: &dyn Harness) {
     let mut last = 0;
     for _ in 0..5 {
         let guard = locker.lock().await.unwrap();
-        assert!(guard.fencing_token() > last, "{} <= {last}", guard.fencing_token());
+        assert!(
+            guard.fencing_token() > last,
+            "{} <= {last}",
+            guard.fencing_token()
+        );
         last = guard.fencing_token();
-        store.put("unrelated", value("bump"), PutOptions::default()).await.unwrap();
+        store
+            .put("unrelated", value("bump"), PutOptions::default())
+            .await
+            .unwrap();
         guard.unlock().await.unwrap();
     }
 }
@@ -154,7 +180,10 @@ pub async fn locks_exclude_under_contention(harness: &dyn Harness) {
     if !locks_supported(&store) {
         return;
     }
-    store.put("count", value("0"), PutOptions::default()).await.unwrap();
+    store
+        .put("count", value("0"), PutOptions::default())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for task in 0..TASKS {
         let handle = harness.open(&namespace).await.unwrap();
@@ -166,7 +195,10 @@ pub async fn locks_exclude_under_contention(harness: &dyn Harness) {
                 let guard = locker.lock().await.unwrap();
                 tokens.push(guard.fencing_token());
                 let current = handle.get("count").await.unwrap();
-                let n: usize = std::str::from_utf8(&current.value).unwrap().parse().unwrap();
+                let n: usize = std::str::from_utf8(&current.value)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 tokio::task::yield_now().await;
                 handle
                     .put("count", value(&(n + 1).to_string()), PutOptions::default())
@@ -179,10 +211,22 @@ pub async fn locks_exclude_under_contention(harness: &dyn Harness) {
     }
     let mut tokens = Vec::new();
     for task in tasks {
-        tokens.extend(tokio::time::timeout(WAIT * 2, task).await.expect("no deadlock").unwrap());
+        tokens.extend(
+            tokio::time::timeout(WAIT * 2, task)
+                .await
+                .expect("no deadlock")
+                .unwrap(),
+        );
     }
-    assert_eq!(store.get("count").await.unwrap().value, (TASKS * ROUNDS).to_string());
+    assert_eq!(
+        store.get("count").await.unwrap().value,
+        (TASKS * ROUNDS).to_string()
+    );
     tokens.sort();
     tokens.dedup();
-    assert_eq!(tokens.len(), TASKS * ROUNDS, "every holder had its own token");
+    assert_eq!(
+        tokens.len(),
+        TASKS * ROUNDS,
+        "every holder had its own token"
+    );
 }

@@ -10,16 +10,28 @@ use crate::{Harness, fresh_store, next_item, value};
 /// after delete and re-create.
 pub async fn revisions_increase_with_every_write(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let first = store.put("r", value("1"), PutOptions::default()).await.unwrap();
+    let first = store
+        .put("r", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(first.revision > 0);
     assert_eq!(first.create_revision, first.revision);
-    let second = store.put("r", value("2"), PutOptions::default()).await.unwrap();
+    let second = store
+        .put("r", value("2"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(second.revision > first.revision);
     assert_eq!(second.create_revision, first.create_revision);
-    let other = store.put("other", value("x"), PutOptions::default()).await.unwrap();
+    let other = store
+        .put("other", value("x"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(other.revision > second.revision, "revisions are store-wide");
     store.delete("r").await.unwrap();
-    let recreated = store.put("r", value("3"), PutOptions::default()).await.unwrap();
+    let recreated = store
+        .put("r", value("3"), PutOptions::default())
+        .await
+        .unwrap();
     assert!(recreated.create_revision > second.revision);
     assert_eq!(recreated.create_revision, recreated.revision);
 }
@@ -27,8 +39,19 @@ pub async fn revisions_increase_with_every_write(harness: &dyn Harness) {
 /// `list` is recursive and sorted, and `svc` names only keys below `svc/`.
 pub async fn list_is_recursive_sorted_and_bounded_by_prefix(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    for key in ["svc/b", "svc/a/deep", "svc/a", "svc", "svcX/a", "sv/c", "other"] {
-        store.put(key, value(key), PutOptions::default()).await.unwrap();
+    for key in [
+        "svc/b",
+        "svc/a/deep",
+        "svc/a",
+        "svc",
+        "svcX/a",
+        "sv/c",
+        "other",
+    ] {
+        store
+            .put(key, value(key), PutOptions::default())
+            .await
+            .unwrap();
     }
     let keys: Vec<String> = store
         .list("svc")
@@ -38,7 +61,13 @@ pub async fn list_is_recursive_sorted_and_bounded_by_prefix(harness: &dyn Harnes
         .map(|p| p.key)
         .collect();
     assert_eq!(keys, ["svc/a", "svc/a/deep", "svc/b"]);
-    let slash: Vec<String> = store.list("/svc/").await.unwrap().into_iter().map(|p| p.key).collect();
+    let slash: Vec<String> = store
+        .list("/svc/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(slash, keys, "the prefix is normalised like a key");
     let all = store.list("").await.unwrap();
     assert_eq!(all.len(), 7, "the empty prefix lists the whole namespace");
@@ -50,17 +79,29 @@ pub async fn list_is_recursive_sorted_and_bounded_by_prefix(harness: &dyn Harnes
 pub async fn list_of_missing_prefix_is_empty(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     assert!(store.list("nothing/here").await.unwrap().is_empty());
-    store.put("leaf", value("x"), PutOptions::default()).await.unwrap();
-    assert!(store.list("leaf").await.unwrap().is_empty(), "a key is not its own child");
+    store
+        .put("leaf", value("x"), PutOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        store.list("leaf").await.unwrap().is_empty(),
+        "a key is not its own child"
+    );
 }
 
 /// `delete_tree` removes every key below the prefix at one revision, and nothing else.
 pub async fn delete_tree_removes_the_subtree_at_one_revision(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     for key in ["tree/a", "tree/b/c", "tree/d", "tree", "treeX/a"] {
-        store.put(key, value(key), PutOptions::default()).await.unwrap();
+        store
+            .put(key, value(key), PutOptions::default())
+            .await
+            .unwrap();
     }
-    let mut events = store.watch_prefix_events("", WatchFrom::Snapshot).await.unwrap();
+    let mut events = store
+        .watch_prefix_events("", WatchFrom::Snapshot)
+        .await
+        .unwrap();
     let WatchEvent::Snapshot(snapshot) = next_item(&mut events, "snapshot").await else {
         panic!("the first event is a snapshot");
     };
@@ -78,10 +119,20 @@ pub async fn delete_tree_removes_the_subtree_at_one_revision(harness: &dyn Harne
     }
     keys.sort();
     assert_eq!(keys, ["tree/a", "tree/b/c", "tree/d"]);
-    assert!(revisions.iter().all(|r| *r == revisions[0] && *r > snapshot.revision));
+    assert!(
+        revisions
+            .iter()
+            .all(|r| *r == revisions[0] && *r > snapshot.revision)
+    );
     assert!(store.list("tree").await.unwrap().is_empty());
-    assert!(store.exists("tree").await.unwrap(), "the prefix key itself stays");
-    assert!(store.exists("treeX/a").await.unwrap(), "a sibling prefix stays");
+    assert!(
+        store.exists("tree").await.unwrap(),
+        "the prefix key itself stays"
+    );
+    assert!(
+        store.exists("treeX/a").await.unwrap(),
+        "a sibling prefix stays"
+    );
     store.delete_tree("tree").await.unwrap();
 }
 
@@ -101,16 +152,27 @@ pub async fn atomic_put_without_previous_on_existing_key_fails_with_key_exists(
     harness: &dyn Harness,
 ) {
     let (_, store) = fresh_store(harness).await;
-    let existing = store.put("k", value("1"), PutOptions::default()).await.unwrap();
-    let result = store.atomic_put("k", value("2"), None, PutOptions::default()).await;
-    assert!(matches!(result, Err(Error::KeyExists { ref key }) if key == "k"), "{result:?}");
+    let existing = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let result = store
+        .atomic_put("k", value("2"), None, PutOptions::default())
+        .await;
+    assert!(
+        matches!(result, Err(Error::KeyExists { ref key }) if key == "k"),
+        "{result:?}"
+    );
     assert_eq!(store.get("k").await.unwrap(), existing);
 }
 
 /// `atomic_put` with the key's current revision replaces it.
 pub async fn atomic_put_with_current_revision_replaces(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let first = store.put("k", value("1"), PutOptions::default()).await.unwrap();
+    let first = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     let second = store
         .atomic_put("k", value("2"), Some(&first), PutOptions::default())
         .await
@@ -123,11 +185,27 @@ pub async fn atomic_put_with_current_revision_replaces(harness: &dyn Harness) {
 /// `atomic_put` with an older revision is `KeyModified` with both revisions.
 pub async fn atomic_put_with_stale_revision_fails_with_key_modified(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let first = store.put("k", value("1"), PutOptions::default()).await.unwrap();
-    let second = store.put("k", value("2"), PutOptions::default()).await.unwrap();
-    match store.atomic_put("k", value("3"), Some(&first), PutOptions::default()).await {
-        Err(Error::KeyModified { key, expected, actual }) => {
-            assert_eq!((key.as_str(), expected, actual), ("k", first.revision, second.revision));
+    let first = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let second = store
+        .put("k", value("2"), PutOptions::default())
+        .await
+        .unwrap();
+    match store
+        .atomic_put("k", value("3"), Some(&first), PutOptions::default())
+        .await
+    {
+        Err(Error::KeyModified {
+            key,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(
+                (key.as_str(), expected, actual),
+                ("k", first.revision, second.revision)
+            );
         }
         other => panic!("expected KeyModified, got {other:?}"),
     }
@@ -139,17 +217,28 @@ pub async fn atomic_put_with_previous_on_missing_key_fails_with_key_not_found(
     harness: &dyn Harness,
 ) {
     let (_, store) = fresh_store(harness).await;
-    let first = store.put("k", value("1"), PutOptions::default()).await.unwrap();
+    let first = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     store.delete("k").await.unwrap();
-    let result = store.atomic_put("k", value("2"), Some(&first), PutOptions::default()).await;
-    assert!(matches!(result, Err(Error::KeyNotFound { .. })), "{result:?}");
+    let result = store
+        .atomic_put("k", value("2"), Some(&first), PutOptions::default())
+        .await;
+    assert!(
+        matches!(result, Err(Error::KeyNotFound { .. })),
+        "{result:?}"
+    );
     assert!(!store.exists("k").await.unwrap());
 }
 
 /// `atomic_delete` with the current revision deletes the key.
 pub async fn atomic_delete_with_current_revision_deletes(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let pair = store.put("k", value("1"), PutOptions::default()).await.unwrap();
+    let pair = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     store.atomic_delete("k", &pair).await.unwrap();
     assert!(!store.exists("k").await.unwrap());
 }
@@ -157,20 +246,35 @@ pub async fn atomic_delete_with_current_revision_deletes(harness: &dyn Harness) 
 /// `atomic_delete` with an older revision is `KeyModified`, and the key stays.
 pub async fn atomic_delete_with_stale_revision_fails_with_key_modified(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let first = store.put("k", value("1"), PutOptions::default()).await.unwrap();
-    store.put("k", value("2"), PutOptions::default()).await.unwrap();
+    let first = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("k", value("2"), PutOptions::default())
+        .await
+        .unwrap();
     let result = store.atomic_delete("k", &first).await;
-    assert!(matches!(result, Err(Error::KeyModified { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::KeyModified { .. })),
+        "{result:?}"
+    );
     assert!(store.exists("k").await.unwrap());
 }
 
 /// `atomic_delete` of an absent key is `KeyNotFound`.
 pub async fn atomic_delete_of_missing_key_fails_with_key_not_found(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    let pair = store.put("k", value("1"), PutOptions::default()).await.unwrap();
+    let pair = store
+        .put("k", value("1"), PutOptions::default())
+        .await
+        .unwrap();
     store.delete("k").await.unwrap();
     let result = store.atomic_delete("k", &pair).await;
-    assert!(matches!(result, Err(Error::KeyNotFound { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::KeyNotFound { .. })),
+        "{result:?}"
+    );
 }
 
 /// Five tasks, each on its own handle, increment one counter twenty times each with
@@ -179,7 +283,10 @@ pub async fn compare_and_swap_race_loses_no_increment(harness: &dyn Harness) {
     const TASKS: usize = 5;
     const INCREMENTS: usize = 20;
     let (namespace, store) = fresh_store(harness).await;
-    store.put("counter", value("0"), PutOptions::default()).await.unwrap();
+    store
+        .put("counter", value("0"), PutOptions::default())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let handle = harness.open(&namespace).await.unwrap();
@@ -187,7 +294,10 @@ pub async fn compare_and_swap_race_loses_no_increment(harness: &dyn Harness) {
             for _ in 0..INCREMENTS {
                 loop {
                     let current = handle.get("counter").await.unwrap();
-                    let n: usize = std::str::from_utf8(&current.value).unwrap().parse().unwrap();
+                    let n: usize = std::str::from_utf8(&current.value)
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     let next = value(&(n + 1).to_string());
                     match handle
                         .atomic_put("counter", next, Some(&current), PutOptions::default())
@@ -216,10 +326,16 @@ pub async fn put_options_are_validated(harness: &dyn Harness) {
         lease: Some(LeaseId(1)),
     };
     let result = store.put("k", value("x"), both).await;
-    assert!(matches!(result, Err(Error::InvalidArgument { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::InvalidArgument { .. })),
+        "{result:?}"
+    );
     let zero = store
         .put("k", value("x"), PutOptions::with_ttl(Duration::ZERO))
         .await;
-    assert!(matches!(zero, Err(Error::InvalidArgument { .. })), "{zero:?}");
+    assert!(
+        matches!(zero, Err(Error::InvalidArgument { .. })),
+        "{zero:?}"
+    );
     assert!(!store.exists("k").await.unwrap());
 }

@@ -17,10 +17,16 @@ pub async fn watch_yields_current_value_first(harness: &dyn Harness) {
     if !watch_supported(&store) {
         return;
     }
-    let pair = store.put("w", value("now"), PutOptions::default()).await.unwrap();
+    let pair = store
+        .put("w", value("now"), PutOptions::default())
+        .await
+        .unwrap();
     let mut states = store.watch("w").await.unwrap();
     assert_eq!(next_item(&mut states, "current value").await, Some(pair));
-    let next = store.put("w", value("next"), PutOptions::default()).await.unwrap();
+    let next = store
+        .put("w", value("next"), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(next_item(&mut states, "update").await, Some(next));
 }
 
@@ -32,11 +38,23 @@ pub async fn watch_of_missing_key_yields_none_first(harness: &dyn Harness) {
     }
     let mut states = store.watch("later").await.unwrap();
     assert_eq!(next_item(&mut states, "current value").await, None);
-    store.put("later/child", value("x"), PutOptions::default()).await.unwrap();
-    store.put("laterX", value("x"), PutOptions::default()).await.unwrap();
-    store.put("later", value("here"), PutOptions::default()).await.unwrap();
+    store
+        .put("later/child", value("x"), PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("laterX", value("x"), PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("later", value("here"), PutOptions::default())
+        .await
+        .unwrap();
     let created = next_item(&mut states, "creation").await.expect("a value");
-    assert_eq!((created.key.as_str(), &created.value[..]), ("later", &b"here"[..]));
+    assert_eq!(
+        (created.key.as_str(), &created.value[..]),
+        ("later", &b"here"[..])
+    );
 }
 
 /// Rewriting the same value is a change and is delivered.
@@ -45,10 +63,16 @@ pub async fn watch_sees_same_value_rewrite_as_a_change(harness: &dyn Harness) {
     if !watch_supported(&store) {
         return;
     }
-    let first = store.put("same", value("v"), PutOptions::default()).await.unwrap();
+    let first = store
+        .put("same", value("v"), PutOptions::default())
+        .await
+        .unwrap();
     let mut states = store.watch("same").await.unwrap();
     next_item(&mut states, "current value").await;
-    let second = store.put("same", value("v"), PutOptions::default()).await.unwrap();
+    let second = store
+        .put("same", value("v"), PutOptions::default())
+        .await
+        .unwrap();
     let seen = next_item(&mut states, "rewrite").await.expect("a value");
     assert_eq!(seen.revision, second.revision);
     assert!(seen.revision > first.revision);
@@ -60,7 +84,10 @@ pub async fn watch_sees_delete(harness: &dyn Harness) {
     if !watch_supported(&store) {
         return;
     }
-    store.put("gone", value("v"), PutOptions::default()).await.unwrap();
+    store
+        .put("gone", value("v"), PutOptions::default())
+        .await
+        .unwrap();
     let mut states = store.watch("gone").await.unwrap();
     assert!(next_item(&mut states, "current value").await.is_some());
     store.delete("gone").await.unwrap();
@@ -76,7 +103,10 @@ pub async fn watch_observes_writes_from_other_handles(harness: &dyn Harness) {
     let writer = harness.open(&namespace).await.unwrap();
     let mut states = store.watch("shared").await.unwrap();
     assert_eq!(next_item(&mut states, "current value").await, None);
-    let written = writer.put("shared", value("hello"), PutOptions::default()).await.unwrap();
+    let written = writer
+        .put("shared", value("hello"), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(next_item(&mut states, "remote write").await, Some(written));
 }
 
@@ -86,19 +116,44 @@ pub async fn watch_tree_yields_full_lists(harness: &dyn Harness) {
     if !watch_supported(&store) {
         return;
     }
-    store.put("dir/b", value("b"), PutOptions::default()).await.unwrap();
-    store.put("dirX/a", value("no"), PutOptions::default()).await.unwrap();
+    store
+        .put("dir/b", value("b"), PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("dirX/a", value("no"), PutOptions::default())
+        .await
+        .unwrap();
     let mut lists = store.watch_tree("dir").await.unwrap();
-    let keys = |list: Vec<kvstore_core::KvPair>| list.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    let keys =
+        |list: Vec<kvstore_core::KvPair>| list.into_iter().map(|p| p.key).collect::<Vec<_>>();
     assert_eq!(keys(next_item(&mut lists, "initial list").await), ["dir/b"]);
-    store.put("dir/a", value("a"), PutOptions::default()).await.unwrap();
-    assert_eq!(keys(next_item(&mut lists, "after put").await), ["dir/a", "dir/b"]);
-    store.put("dir/c/d", value("d"), PutOptions::default()).await.unwrap();
-    assert_eq!(keys(next_item(&mut lists, "after nested put").await), ["dir/a", "dir/b", "dir/c/d"]);
+    store
+        .put("dir/a", value("a"), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(next_item(&mut lists, "after put").await),
+        ["dir/a", "dir/b"]
+    );
+    store
+        .put("dir/c/d", value("d"), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(next_item(&mut lists, "after nested put").await),
+        ["dir/a", "dir/b", "dir/c/d"]
+    );
     store.delete("dir/b").await.unwrap();
-    assert_eq!(keys(next_item(&mut lists, "after delete").await), ["dir/a", "dir/c/d"]);
+    assert_eq!(
+        keys(next_item(&mut lists, "after delete").await),
+        ["dir/a", "dir/c/d"]
+    );
     store.delete_tree("dir").await.unwrap();
-    assert!(next_item(&mut lists, "after delete_tree").await.is_empty(), "one list per revision");
+    assert!(
+        next_item(&mut lists, "after delete_tree").await.is_empty(),
+        "one list per revision"
+    );
 }
 
 /// The event watch starts with a snapshot at a revision, then events after it in order.
@@ -107,16 +162,28 @@ pub async fn watch_prefix_events_starts_with_snapshot_then_events(harness: &dyn 
     if !watch_supported(&store) {
         return;
     }
-    let existing = store.put("ev/a", value("1"), PutOptions::default()).await.unwrap();
-    let mut events = store.watch_prefix_events("ev", WatchFrom::Snapshot).await.unwrap();
+    let existing = store
+        .put("ev/a", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let mut events = store
+        .watch_prefix_events("ev", WatchFrom::Snapshot)
+        .await
+        .unwrap();
     let WatchEvent::Snapshot(snapshot) = next_item(&mut events, "snapshot").await else {
         panic!("the first event is a snapshot");
     };
     assert_eq!(snapshot.pairs, vec![existing.clone()]);
     assert!(snapshot.revision >= existing.revision);
-    let put = store.put("ev/b", value("2"), PutOptions::default()).await.unwrap();
+    let put = store
+        .put("ev/b", value("2"), PutOptions::default())
+        .await
+        .unwrap();
     store.delete("ev/a").await.unwrap();
-    assert_eq!(next_item(&mut events, "put").await, WatchEvent::Put(put.clone()));
+    assert_eq!(
+        next_item(&mut events, "put").await,
+        WatchEvent::Put(put.clone())
+    );
     match next_item(&mut events, "delete").await {
         WatchEvent::Delete { key, revision } => {
             assert_eq!(key, "ev/a");
@@ -132,16 +199,31 @@ pub async fn watch_prefix_events_from_revision_replays_history(harness: &dyn Har
     if !watch_supported(&store) {
         return;
     }
-    let a = store.put("h/a", value("1"), PutOptions::default()).await.unwrap();
-    let b = store.put("h/b", value("2"), PutOptions::default()).await.unwrap();
-    let a2 = store.put("h/a", value("3"), PutOptions::default()).await.unwrap();
+    let a = store
+        .put("h/a", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let b = store
+        .put("h/b", value("2"), PutOptions::default())
+        .await
+        .unwrap();
+    let a2 = store
+        .put("h/a", value("3"), PutOptions::default())
+        .await
+        .unwrap();
     let mut events = store
         .watch_prefix_events("h", WatchFrom::After(a.revision))
         .await
         .unwrap();
     assert_eq!(next_item(&mut events, "replay b").await, WatchEvent::Put(b));
-    assert_eq!(next_item(&mut events, "replay a2").await, WatchEvent::Put(a2));
-    let live = store.put("h/c", value("4"), PutOptions::default()).await.unwrap();
+    assert_eq!(
+        next_item(&mut events, "replay a2").await,
+        WatchEvent::Put(a2)
+    );
+    let live = store
+        .put("h/c", value("4"), PutOptions::default())
+        .await
+        .unwrap();
     assert_eq!(next_item(&mut events, "live").await, WatchEvent::Put(live));
 }
 
@@ -152,10 +234,19 @@ pub async fn watch_yields_resync_after_history_loss(harness: &dyn Harness) {
     if !watch_supported(&store) {
         return;
     }
-    let old = store.put("rs/a", value("1"), PutOptions::default()).await.unwrap();
-    store.put("rs/b", value("2"), PutOptions::default()).await.unwrap();
+    let old = store
+        .put("rs/a", value("1"), PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("rs/b", value("2"), PutOptions::default())
+        .await
+        .unwrap();
     store.delete("rs/a").await.unwrap();
-    let c = store.put("rs/c", value("3"), PutOptions::default()).await.unwrap();
+    let c = store
+        .put("rs/c", value("3"), PutOptions::default())
+        .await
+        .unwrap();
     harness.compact(&namespace).await.unwrap();
     let mut events = store
         .watch_prefix_events("rs", WatchFrom::After(old.revision))
@@ -169,8 +260,14 @@ pub async fn watch_yields_resync_after_history_loss(harness: &dyn Harness) {
         }
         other => panic!("expected a resync, got {other:?}"),
     }
-    let live = store.put("rs/d", value("4"), PutOptions::default()).await.unwrap();
-    assert_eq!(next_item(&mut events, "live after resync").await, WatchEvent::Put(live));
+    let live = store
+        .put("rs/d", value("4"), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_item(&mut events, "live after resync").await,
+        WatchEvent::Put(live)
+    );
 }
 
 /// Dropping a watch cancels it; the store and new watches keep working.
@@ -184,7 +281,10 @@ pub async fn dropping_a_watch_leaves_the_store_usable(harness: &dyn Harness) {
         next_item(&mut states, "current value").await;
         drop(states);
     }
-    store.put("dropped", value("x"), PutOptions::default()).await.unwrap();
+    store
+        .put("dropped", value("x"), PutOptions::default())
+        .await
+        .unwrap();
     let mut states = store.watch("dropped").await.unwrap();
     assert!(next_item(&mut states, "current value").await.is_some());
     let pending = futures::FutureExt::now_or_never(states.next()).is_none();

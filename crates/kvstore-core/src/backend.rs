@@ -82,6 +82,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// [`crate::Error::LeaseLost`] with [`crate::LeaseLoss::Expired`].
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration>;
 
+    /// Stop treating `lease` as owned by this handle, so [`Backend::shutdown`] will not
+    /// revoke it. Core calls it for the lease behind a TTL put, which must outlive the
+    /// handle that wrote the key (libkv's TTL keys are not tied to a session). The
+    /// default does nothing, for backends that do not track their leases.
+    fn lease_detach(&self, lease: LeaseId) {
+        let _ = lease;
+    }
+
     /// End `lease` now, deleting its keys at one revision. Revoking a lease that no
     /// longer exists succeeds.
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()>;

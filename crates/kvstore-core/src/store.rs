@@ -216,9 +216,12 @@ async fn write_with_options<B: Backend>(
     check_ttl(backend, ttl, operation)?;
     let grant = backend.lease_grant(ttl).await?;
     let written = backend.write(&key, value, condition, Some(grant.id)).await;
-    if written.is_err() {
+    match &written {
+        Ok(_) => backend.lease_detach(grant.id),
         // Best effort: an unused lease expires by itself anyway.
-        let _ = backend.lease_revoke(grant.id).await;
+        Err(_) => {
+            let _ = backend.lease_revoke(grant.id).await;
+        }
     }
     written
 }

@@ -31,6 +31,7 @@ mod leases;
 mod lifecycle;
 mod locks;
 mod operations;
+pub mod server;
 mod watch;
 
 pub use keys::*;

@@ -1,0 +1,204 @@
+//! [`EtcdConfig`]: endpoints, namespace, timeouts, credentials and TLS, from code or a URL.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Key, Result};
+
+/// Default time allowed to reach a server when connecting: 5 s (CONTRACT §7).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline of one request: 10 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default namespace: keys live at `kvstore/{key}`.
+pub const DEFAULT_NAMESPACE: &str = "kvstore";
+
+/// etcd's default request size limit (`--max-request-bytes`, 1.5 MiB).
+pub const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Default largest value: etcd's request limit less room for the key (up to
+/// [`kvstore_core::MAX_KEY_LEN`] plus the namespace) and the request envelope.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = ETCD_MAX_REQUEST_BYTES - 8 * 1024;
+
+/// Username and password for etcd's authentication (`etcdctl user add`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The etcd user.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// TLS settings (feature `tls`): PEM-encoded CA, and optionally a client identity.
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// The CA certificate(s) that signed the server's certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// The client certificate for mutual TLS, PEM.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// The client certificate's private key, PEM.
+    pub client_key_pem: Option<Vec<u8>>,
+    /// The server name to verify, when it differs from the endpoint host.
+    pub domain: Option<String>,
+}
+
+/// How to reach etcd and where keys live.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// `host:port` (or `http(s)://host:port`) of one or more members.
+    pub endpoints: Vec<String>,
+    /// Root of this store's keys: a key `k` is stored at `{namespace}/k`, readable with
+    /// `etcdctl get {namespace}/k`. Must be a valid key. Default [`DEFAULT_NAMESPACE`].
+    pub namespace: String,
+    /// Time allowed to reach a server when connecting. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Deadline of each request. Default 10 s.
+    pub request_timeout: Duration,
+    /// Username and password, when etcd has authentication enabled.
+    pub credentials: Option<Credentials>,
+    /// TLS, when the endpoints use https.
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsConfig>,
+    /// Largest value accepted, in bytes. Default [`DEFAULT_MAX_VALUE_SIZE`].
+    pub max_value_size: usize,
+}
+
+impl EtcdConfig {
+    /// A configuration for `endpoints` with every default.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            credentials: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        }
+    }
+
+    /// Parse `etcd://[user:password@]host:port[,host:port...][/namespace][?options]`.
+    ///
+    /// Options: `connect_timeout` and `request_timeout` in milliseconds. Several hosts are
+    /// separated by commas, which a plain URL parser cannot read, hence this parser.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the malformed part.
+    pub fn from_url(url: &str) -> Result<EtcdConfig> {
+        let bad = |what: String| Error::Config {
+            message: format!("invalid etcd URL {url:?}: {what}"),
+        };
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| bad("expected etcd://host:port".into()))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, namespace) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (username, password) = userinfo
+                    .split_once(':')
+                    .ok_or_else(|| bad("credentials must be user:password@".into()))?;
+                (
+                    Some(Credentials {
+                        username: username.to_owned(),
+                        password: password.to_owned(),
+                    }),
+                    hosts,
+                )
+            }
+            None => (None, authority),
+        };
+        let mut config = EtcdConfig::new(Vec::<String>::new());
+        for host in hosts.split(',') {
+            let (name, port) = host
+                .rsplit_once(':')
+                .ok_or_else(|| bad(format!("endpoint {host:?} needs host:port")))?;
+            if name.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad(format!("endpoint {host:?} needs host:port")));
+            }
+            config.endpoints.push(host.to_owned());
+        }
+        config.credentials = credentials;
+        let namespace = namespace.trim_matches('/');
+        if !namespace.is_empty() {
+            config.namespace = namespace.to_owned();
+        }
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let millis = || {
+                value
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| bad(format!("{name} must be milliseconds, got {value:?}")))
+            };
+            match name {
+                "connect_timeout" => config.connect_timeout = millis()?,
+                "request_timeout" => config.request_timeout = millis()?,
+                other => return Err(bad(format!("unknown option {other:?}"))),
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the configuration before connecting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for no endpoints, an invalid namespace or a zero timeout.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Config { message });
+        if self.endpoints.is_empty() {
+            return bad("etcd needs at least one endpoint".into());
+        }
+        if let Err(e) = Key::new(&self.namespace) {
+            return bad(format!("invalid etcd namespace: {e}"));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return bad("etcd timeouts must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_with_several_endpoints_namespace_and_options() {
+        let config =
+            EtcdConfig::from_url("etcd://u:p@h1:2379,h2:2380/apps/x?connect_timeout=250").unwrap();
+        assert_eq!(config.endpoints, ["h1:2379", "h2:2380"]);
+        assert_eq!(config.namespace, "apps/x");
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.credentials.unwrap().username, "u");
+    }
+
+    #[test]
+    fn malformed_urls_name_the_problem() {
+        for (url, needle) in [
+            ("etcd://", "host:port"),
+            ("etcd://h1", "host:port"),
+            ("etcd://h1:notaport", "host:port"),
+            ("etcd://h1:2379/a//b", "namespace"),
+            ("etcd://h1:2379?colour=1", "colour"),
+            ("etcd://h1:2379?connect_timeout=soon", "milliseconds"),
+        ] {
+            match EtcdConfig::from_url(url) {
+                Err(Error::Config { message }) => assert!(message.contains(needle), "{message}"),
+                other => panic!("{url}: expected Config, got {other:?}"),
+            }
+        }
+    }
+}

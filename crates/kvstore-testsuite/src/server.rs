@@ -1,0 +1,528 @@
+//! Real servers for backend tests: `etcd` and `redis-server` processes on free loopback
+//! ports with temporary data directories, stopped on drop.
+//!
+//! They can also be killed, restarted (same data directory and port) and paused
+//! (`SIGSTOP`/`SIGCONT`) for fault tests, and [`EtcdCluster`] starts three etcd members.
+//! The binaries come from Debian's `etcd-server` and `redis-server` packages, which
+//! `scripts/test` installs. A missing binary is a test *failure* naming the package, never
+//! a skip.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a server may take to become healthy after start.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a test server could not be started.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+type ServerResult<T> = Result<T, ServerError>;
+
+/// The path of `binary`, or an error naming the Debian package that provides it.
+///
+/// # Errors
+/// When `binary` is on neither `PATH` nor `/usr/bin`.
+pub fn find_binary(binary: &str, package: &str) -> ServerResult<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(binary))
+        .find(|path| path.is_file());
+    on_path.ok_or_else(|| {
+        ServerError(format!(
+            "`{binary}` was not found: install the Debian package `{package}` \
+             (scripts/test does: apt-get install {package})"
+        ))
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+///
+/// # Errors
+/// When the OS has no free port.
+pub fn free_port() -> ServerResult<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| ServerError(format!("no free loopback port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ServerError(format!("no free loopback port: {e}")))
+}
+
+/// A request to the spawner thread: a command to start, and where to send the child.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Start `command` from one long-lived thread, with the child set to be killed when that
+/// thread ends. `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// so the spawner thread lives as long as the test process: if the process exits or
+/// crashes without dropping its servers (a `static` shared server is never dropped),
+/// the kernel still kills them.
+fn spawn_owned(command: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, inbox) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("kvstore-test-servers".into())
+            .spawn(move || {
+                for (mut command, reply) in inbox {
+                    // SAFETY: the closure runs in the forked child before exec and only
+                    // makes the async-signal-safe prctl system call.
+                    unsafe {
+                        command.pre_exec(|| {
+                            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                                .map_err(std::io::Error::from)
+                        });
+                    }
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the test server spawner thread starts");
+        Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send((command, reply))
+        .map_err(|_| std::io::Error::other("the test server spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the test server spawner thread is gone"))?
+}
+
+/// A running child process, killed on drop.
+struct Process {
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: &Path) -> ServerResult<Process> {
+        let out = std::fs::File::create(log)
+            .map_err(|e| ServerError(format!("cannot create {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| ServerError(format!("cannot open {}: {e}", log.display())))?;
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
+        let description = format!("{command:?}");
+        let child = spawn_owned(command)
+            .map_err(|e| ServerError(format!("cannot start {description}: {e}")))?;
+        Ok(Process { child: Some(child) })
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, signal);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_until(what: &str, log: &Path, process: &mut Process, mut ready: impl FnMut() -> bool) -> ServerResult<()> {
+    let started = Instant::now();
+    while started.elapsed() < STARTUP_TIMEOUT {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = process.exited() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(ServerError(format!("{what} exited ({status}) while starting:\n{tail}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(ServerError(format!(
+        "{what} was not healthy within {STARTUP_TIMEOUT:?}; see {}",
+        log.display()
+    )))
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// One etcd member's fixed identity: name, ports and data directory.
+#[derive(Clone, Debug)]
+struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+}
+
+impl EtcdMember {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Start this member of `initial_cluster` and wait until it is healthy. `token`
+    /// must be the same for every member of one cluster.
+    fn start(&self, initial_cluster: &str, token: &str) -> ServerResult<Process> {
+        let etcd = find_binary("etcd", "etcd-server")?;
+        let log = self.data_dir.with_extension("log");
+        let mut command = Command::new(etcd);
+        command
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--advertise-client-urls", &self.client_url()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", token])
+            .args(["--log-level", "warn"]);
+        let mut process = Process::spawn(command, &log)?;
+        wait_until(&format!("etcd {}", self.name), &log, &mut process, || {
+            etcd_healthy(&self.client_url())
+        })?;
+        Ok(process)
+    }
+}
+
+/// Whether `etcdctl endpoint health` succeeds for `endpoint`.
+fn etcd_healthy(endpoint: &str) -> bool {
+    let Ok(etcdctl) = find_binary("etcdctl", "etcd-client") else {
+        // Without etcdctl, an open port is the best signal available.
+        return endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .is_some_and(port_open);
+    };
+    Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=1s", "endpoint", "health"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A single-member etcd on free loopback ports, stopped and deleted on drop.
+pub struct EtcdServer {
+    member: EtcdMember,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Start etcd and wait until it reports healthy.
+    ///
+    /// # Errors
+    /// When `etcd` is not installed (naming the package), or it does not become healthy
+    /// within [`STARTUP_TIMEOUT`].
+    pub fn start() -> ServerResult<EtcdServer> {
+        let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
+        let member = EtcdMember {
+            name: "kvstore-test".into(),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data_dir: dir.path().join("data"),
+        };
+        let process = member.start(&format!("{}={}", member.name, member.peer_url()), "kvstore-test")?;
+        Ok(EtcdServer {
+            member,
+            process,
+            _dir: dir,
+        })
+    }
+
+    /// The client endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.member.client_url()
+    }
+
+    /// `127.0.0.1:PORT`, as an `etcd://` URL wants it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.member.client_port)
+    }
+
+    /// Kill the server (`SIGKILL`), keeping its data directory.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Start the server again on the same port and data directory, after [`kill`].
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    ///
+    /// [`kill`]: EtcdServer::kill
+    pub fn restart(&mut self) -> ServerResult<()> {
+        self.process.kill();
+        let cluster = format!("{}={}", self.member.name, self.member.peer_url());
+        self.process = self.member.start(&cluster, "kvstore-test")?;
+        Ok(())
+    }
+
+    /// Freeze the server process (`SIGSTOP`): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        self.process.signal(Signal::SIGSTOP);
+    }
+
+    /// Resume a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.process.signal(Signal::SIGCONT);
+    }
+
+    /// Run `etcdctl` against this server with `args`; returns its stdout.
+    ///
+    /// # Errors
+    /// When etcdctl is missing or exits non-zero (with its stderr).
+    pub fn etcdctl(&self, args: &[&str]) -> ServerResult<String> {
+        run_etcdctl(&self.endpoint(), args)
+    }
+}
+
+/// Run `etcdctl --endpoints ENDPOINT ARGS...`; returns its stdout.
+///
+/// # Errors
+/// When etcdctl is missing or exits non-zero (with its stderr).
+pub fn run_etcdctl(endpoint: &str, args: &[&str]) -> ServerResult<String> {
+    let etcdctl = find_binary("etcdctl", "etcd-client")?;
+    let output = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .map_err(|e| ServerError(format!("cannot run etcdctl: {e}")))?;
+    if !output.status.success() {
+        return Err(ServerError(format!(
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A three-member etcd cluster on loopback.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    processes: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Start three members and wait until each is healthy.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    pub fn start() -> ServerResult<EtcdCluster> {
+        let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
+        let mut members = Vec::new();
+        for i in 0..3 {
+            members.push(EtcdMember {
+                name: format!("member{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                data_dir: dir.path().join(format!("member{i}")),
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        let initial = initial.join(",");
+        // Members must start together: each waits for a quorum before it is healthy.
+        let handles: Vec<_> = members
+            .iter()
+            .cloned()
+            .map(|member| {
+                let initial = initial.clone();
+                std::thread::spawn(move || member.start(&initial, "kvstore-cluster"))
+            })
+            .collect();
+        let mut processes = Vec::new();
+        for handle in handles {
+            let process = handle
+                .join()
+                .map_err(|_| ServerError("an etcd member start panicked".into()))??;
+            processes.push(process);
+        }
+        Ok(EtcdCluster {
+            members,
+            processes,
+            _dir: dir,
+        })
+    }
+
+    /// `127.0.0.1:PORT` of each member's client port.
+    pub fn addresses(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// Kill member `index` (`SIGKILL`).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(process) = self.processes.get_mut(index) {
+            process.kill();
+        }
+    }
+}
+
+/// A `redis-server` on a free loopback port without persistence, stopped on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    process: Process,
+}
+
+impl RedisServer {
+    /// Start redis-server (no persistence) and wait until it accepts connections.
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed (naming the package), or it does not accept
+    /// connections within [`STARTUP_TIMEOUT`].
+    pub fn start() -> ServerResult<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Start redis-server with extra command-line options (e.g. `--requirepass`, TLS).
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra: &[&str]) -> ServerResult<RedisServer> {
+        let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
+        let port = free_port()?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = RedisServer::launch(port, dir.path(), &extra)?;
+        Ok(RedisServer {
+            port,
+            dir,
+            extra,
+            process,
+        })
+    }
+
+    fn launch(port: u16, dir: &Path, extra: &[String]) -> ServerResult<Process> {
+        let binary = find_binary("redis-server", "redis-server")?;
+        let log = dir.join("redis.log");
+        let mut command = Command::new(binary);
+        command
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra);
+        let mut process = Process::spawn(command, &log)?;
+        let tls_only = extra.iter().any(|a| a == "--tls-port");
+        wait_until("redis-server", &log, &mut process, || tls_only || port_open(port))?;
+        Ok(process)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's directory (for certificates and logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kill the server (`SIGKILL`); without persistence its data is gone.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Start the server again on the same port (empty, since there is no persistence).
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn restart(&mut self) -> ServerResult<()> {
+        self.process.kill();
+        self.process = RedisServer::launch(self.port, self.dir.path(), &self.extra)?;
+        Ok(())
+    }
+
+    /// Freeze the server process (`SIGSTOP`).
+    pub fn pause(&self) {
+        self.process.signal(Signal::SIGSTOP);
+    }
+
+    /// Resume a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.process.signal(Signal::SIGCONT);
+    }
+}
+
+/// One etcd shared by every test of the calling test binary (tests use unique
+/// namespaces); killed when the binary exits.
+///
+/// # Panics
+/// When etcd cannot be started: the message names the missing package or the failure.
+pub fn shared_etcd() -> &'static EtcdServer {
+    static SERVER: OnceLock<EtcdServer> = OnceLock::new();
+    SERVER.get_or_init(|| EtcdServer::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// One redis-server shared by every test of the calling test binary; killed when the
+/// binary exits.
+///
+/// # Panics
+/// When redis-server cannot be started: the message names the missing package or the
+/// failure.
+pub fn shared_redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
+}

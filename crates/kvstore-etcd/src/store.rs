@@ -171,7 +171,9 @@ impl EtcdStore {
 
     /// A kvstore pair from an etcd key-value under this handle's root.
     pub(crate) fn pair(&self, kv: &KeyValue) -> Option<KvPair> {
-        let key = std::str::from_utf8(kv.key()).ok()?.strip_prefix(&*self.root)?;
+        let key = std::str::from_utf8(kv.key())
+            .ok()?
+            .strip_prefix(&*self.root)?;
         Some(KvPair {
             key: key.to_owned(),
             value: Bytes::copy_from_slice(kv.value()),
@@ -193,7 +195,14 @@ impl EtcdStore {
         };
         let response = self.call("get", client.get(key, options)).await?;
         let read_at = response.header().map_or(0, |h| revision(h.revision()));
-        Ok((response.kvs().iter().filter_map(|kv| self.pair(kv)).collect(), read_at))
+        Ok((
+            response
+                .kvs()
+                .iter()
+                .filter_map(|kv| self.pair(kv))
+                .collect(),
+            read_at,
+        ))
     }
 
     /// The state of `key` after a failed compare: `KeyNotFound` or `KeyModified`.
@@ -286,7 +295,11 @@ impl Backend for EtcdStore {
         // Each condition is one Txn: compare, put on success, read the key on failure.
         let compare = match condition {
             Condition::Always => None,
-            Condition::Absent => Some(Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0)),
+            Condition::Absent => Some(Compare::create_revision(
+                etcd_key.clone(),
+                CompareOp::Equal,
+                0,
+            )),
             Condition::Revision(expected) => Some(Compare::mod_revision(
                 etcd_key.clone(),
                 CompareOp::Equal,
@@ -301,22 +314,28 @@ impl Backend for EtcdStore {
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
         let mut client = self.client.clone();
-        let response = self.call("put", client.txn(txn)).await.map_err(|e| match lease {
-            Some(lease) => for_lease(e, lease),
-            None => e,
-        })?;
+        let response = self
+            .call("put", client.txn(txn))
+            .await
+            .map_err(|e| match lease {
+                Some(lease) => for_lease(e, lease),
+                None => e,
+            })?;
         let responses = response.op_responses();
         if !response.succeeded() {
             let current = first_get(&responses);
             return Err(match condition {
-                Condition::Revision(expected) => self.compare_failure(key, expected, current.as_ref()),
+                Condition::Revision(expected) => {
+                    self.compare_failure(key, expected, current.as_ref())
+                }
                 _ => Error::KeyExists {
                     key: key.to_string(),
                 },
             });
         }
         let written_at = header_revision(response.header());
-        let create_revision = previous_kv(&responses).map_or(written_at, |kv| revision(kv.create_revision()));
+        let create_revision =
+            previous_kv(&responses).map_or(written_at, |kv| revision(kv.create_revision()));
         Ok(KvPair {
             key: key.to_string(),
             value,
@@ -411,7 +430,9 @@ impl Backend for EtcdStore {
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
         let mut client = self.client.clone();
-        let outcome = self.call("revoke_lease", client.lease_revoke(lease.0)).await;
+        let outcome = self
+            .call("revoke_lease", client.lease_revoke(lease.0))
+            .await;
         self.tracked_leases().remove(&lease.0);
         match outcome {
             Ok(_) | Err(Error::LeaseLost { .. }) => Ok(()),
@@ -432,7 +453,8 @@ impl Backend for EtcdStore {
         for lease in leases {
             // Best effort: an unrevoked lease still expires after its TTL.
             let revoke = client.lease_revoke(lease);
-            if let Ok(Err(error)) = tokio::time::timeout(self.config.request_timeout, revoke).await {
+            if let Ok(Err(error)) = tokio::time::timeout(self.config.request_timeout, revoke).await
+            {
                 tracing::debug!(lease, %error, "revoke on close failed; the lease will expire");
             }
         }

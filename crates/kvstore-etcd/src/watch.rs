@@ -7,9 +7,7 @@
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use futures::StreamExt;
-use kvstore_core::{
-    Error, EventBatchStream, Result, Snapshot, WatchEvent, WatchFrom, WatchTarget,
-};
+use kvstore_core::{Error, EventBatchStream, Result, Snapshot, WatchEvent, WatchFrom, WatchTarget};
 use std::time::Duration;
 
 use crate::store::{EtcdStore, revision};
@@ -46,7 +44,11 @@ enum Start {
     Events,
 }
 
-pub(crate) fn subscribe(store: EtcdStore, target: WatchTarget, from: WatchFrom) -> EventBatchStream {
+pub(crate) fn subscribe(
+    store: EtcdStore,
+    target: WatchTarget,
+    from: WatchFrom,
+) -> EventBatchStream {
     let (start, next) = match from {
         WatchFrom::Snapshot => (Start::Snapshot, 0),
         WatchFrom::After(revision) => (Start::Events, revision + 1),
@@ -158,7 +160,9 @@ impl Watcher {
                 WatchOptions::new().with_start_revision(start).with_prefix(),
             ),
         };
-        self.store.call("watch", client.watch(key, Some(options))).await
+        self.store
+            .call("watch", client.watch(key, Some(options)))
+            .await
     }
 
     fn handle(&mut self, response: WatchResponse) -> Option<Vec<WatchEvent>> {

@@ -8,8 +8,8 @@
 //! a skip.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -158,7 +158,12 @@ impl Drop for Process {
     }
 }
 
-fn wait_until(what: &str, log: &Path, process: &mut Process, mut ready: impl FnMut() -> bool) -> ServerResult<()> {
+fn wait_until(
+    what: &str,
+    log: &Path,
+    process: &mut Process,
+    mut ready: impl FnMut() -> bool,
+) -> ServerResult<()> {
     let started = Instant::now();
     while started.elapsed() < STARTUP_TIMEOUT {
         if ready() {
@@ -166,8 +171,18 @@ fn wait_until(what: &str, log: &Path, process: &mut Process, mut ready: impl FnM
         }
         if let Some(status) = process.exited() {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(ServerError(format!("{what} exited ({status}) while starting:\n{tail}")));
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(ServerError(format!(
+                "{what} exited ({status}) while starting:\n{tail}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -241,7 +256,13 @@ fn etcd_healthy(endpoint: &str) -> bool {
     };
     Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout=1s", "endpoint", "health"])
+        .args([
+            "--endpoints",
+            endpoint,
+            "--command-timeout=1s",
+            "endpoint",
+            "health",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -269,7 +290,10 @@ impl EtcdServer {
             peer_port: free_port()?,
             data_dir: dir.path().join("data"),
         };
-        let process = member.start(&format!("{}={}", member.name, member.peer_url()), "kvstore-test")?;
+        let process = member.start(
+            &format!("{}={}", member.name, member.peer_url()),
+            "kvstore-test",
+        )?;
         Ok(EtcdServer {
             member,
             process,
@@ -461,7 +485,9 @@ impl RedisServer {
             .args(extra);
         let mut process = Process::spawn(command, &log)?;
         let tls_only = extra.iter().any(|a| a == "--tls-port");
-        wait_until("redis-server", &log, &mut process, || tls_only || port_open(port))?;
+        wait_until("redis-server", &log, &mut process, || {
+            tls_only || port_open(port)
+        })?;
         Ok(process)
     }
 

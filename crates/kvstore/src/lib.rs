@@ -31,6 +31,10 @@ mod open;
 pub use kvstore_core::*;
 pub use open::open;
 
+/// The etcd v3 backend ([`kvstore_etcd`]).
+#[cfg(feature = "etcd")]
+pub use kvstore_etcd as etcd;
+
 /// The in-memory backend ([`kvstore_memory`]).
 #[cfg(feature = "memory")]
 pub use kvstore_memory as memory;

@@ -20,7 +20,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     })?;
     match scheme {
         "memory" => open_memory(url),
-        "etcd" | "etcds" => Err(feature_off(scheme, "etcd")),
+        "etcd" => open_etcd(url).await,
         "redis" | "rediss" => Err(feature_off(scheme, "redis")),
         other => Err(Error::Config {
             message: format!(
@@ -36,6 +36,17 @@ fn feature_off(scheme: &str, feature: &str) -> Error {
             "{scheme}:// needs the `{feature}` feature of the kvstore crate, which is not enabled"
         ),
     }
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(url: &str) -> Result<Arc<dyn Store>> {
+    let config = kvstore_etcd::EtcdConfig::from_url(url)?;
+    Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_url: &str) -> Result<Arc<dyn Store>> {
+    Err(feature_off("etcd", "etcd"))
 }
 
 #[cfg(feature = "memory")]

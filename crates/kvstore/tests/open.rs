@@ -37,3 +37,22 @@ async fn memory_url_with_unknown_option_is_a_config_error() {
     let message = config_message(kvstore::open("memory://somehost/path").await);
     assert!(message.contains("memory://"), "{message}");
 }
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_url_opens_an_etcd_store() {
+    let server = kvstore_testsuite::server::shared_etcd();
+    let store = kvstore::open(&format!("etcd://{}/open-test", server.address()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "etcd");
+    let message = config_message(kvstore::open("etcd://nohostport").await);
+    assert!(message.contains("host:port"), "{message}");
+}
+
+#[cfg(not(feature = "etcd"))]
+#[tokio::test]
+async fn etcd_url_without_the_feature_names_the_feature() {
+    let message = config_message(kvstore::open("etcd://127.0.0.1:2379").await);
+    assert!(message.contains("`etcd` feature"), "{message}");
+}

@@ -1,0 +1,175 @@
+//! Fault tests against real etcd processes: restarts, compaction, a frozen server and a
+//! killed cluster member. Each test starts its own server(s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kvstore_core::{Error, LeaseLoss, PutOptions, Store, WatchEvent, WatchFrom};
+use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_testsuite::server::{EtcdCluster, EtcdServer};
+use kvstore_testsuite::{WAIT, next_item, unique_namespace};
+
+async fn connect(addresses: Vec<String>, namespace: &str) -> Arc<dyn Store> {
+    let mut config = EtcdConfig::new(addresses);
+    config.namespace = namespace.to_owned();
+    config.connect_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(3);
+    Arc::new(EtcdStore::connect(config).await.unwrap())
+}
+
+/// Retry a write while the server is unreachable (a restart or failover in progress),
+/// bounded by [`WAIT`].
+async fn put_retrying(store: &Arc<dyn Store>, key: &str, value: &str) -> kvstore_core::KvPair {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match store
+            .put(key, Bytes::from(value.to_owned()), PutOptions::default())
+            .await
+        {
+            Ok(pair) => return pair,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("put {key} failed: {e}"),
+        }
+    }
+}
+
+fn expect_put(event: WatchEvent) -> kvstore_core::KvPair {
+    match event {
+        WatchEvent::Put(pair) => pair,
+        other => panic!("expected a put, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_every_write_after_a_server_restart_once_in_order() {
+    let mut server = EtcdServer::start().unwrap();
+    let namespace = unique_namespace();
+    let store = connect(vec![server.address()], &namespace).await;
+    let mut events = store
+        .watch_prefix_events("jobs", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    let before = put_retrying(&store, "jobs/0", "before").await;
+    assert_eq!(
+        expect_put(next_item(&mut events, "before restart").await),
+        before
+    );
+
+    server.kill();
+    server.restart().unwrap();
+    let mut written = Vec::new();
+    for i in 1..=5 {
+        written.push(put_retrying(&store, &format!("jobs/{i}"), "after").await);
+    }
+    for expected in &written {
+        assert_eq!(
+            &expect_put(next_item(&mut events, "after restart").await),
+            expected
+        );
+    }
+    let pending = futures::FutureExt::now_or_never(events.next());
+    assert!(pending.is_none(), "nothing is delivered twice: {pending:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_past_a_disconnected_watcher_yields_resync_with_the_current_state() {
+    let mut server = EtcdServer::start().unwrap();
+    let namespace = unique_namespace();
+    let store = connect(vec![server.address()], &namespace).await;
+    let mut events = store
+        .watch_prefix_events("cfg", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    put_retrying(&store, "cfg/a", "1").await;
+    next_item(&mut events, "first put").await;
+
+    // The watcher is not polled while its connection dies and history moves on.
+    server.kill();
+    server.restart().unwrap();
+    put_retrying(&store, "cfg/b", "2").await;
+    let last = put_retrying(&store, "cfg/c", "3").await;
+    store.delete("cfg/a").await.unwrap();
+    let mut client = kvstore_etcd::EtcdStore::connect(EtcdConfig::new([server.address()]))
+        .await
+        .unwrap()
+        .client()
+        .clone();
+    let current = client.status().await.unwrap().header().unwrap().revision();
+    client.compact(current, None).await.unwrap();
+
+    match next_item(&mut events, "resync").await {
+        WatchEvent::Resync(snapshot) => {
+            let keys: Vec<&str> = snapshot.pairs.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["cfg/b", "cfg/c"]);
+            assert!(snapshot.revision > last.revision);
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    let live = put_retrying(&store, "cfg/d", "4").await;
+    assert_eq!(
+        expect_put(next_item(&mut events, "live after resync").await),
+        live
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_holder_of_a_frozen_server_sees_lost() {
+    let server = EtcdServer::start().unwrap();
+    let store = connect(vec![server.address()], &unique_namespace()).await;
+    let lease = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    server.pause();
+    let lost = tokio::time::timeout(WAIT, lease.lost()).await;
+    server.resume();
+    assert_eq!(
+        lost.expect("lost() fires while the server is frozen"),
+        LeaseLoss::KeepAliveFailed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_keeps_serving_puts_and_watches_when_a_member_dies() {
+    let mut cluster = EtcdCluster::start().unwrap();
+    let namespace = unique_namespace();
+    let store = connect(cluster.addresses(), &namespace).await;
+    let mut events = store
+        .watch_prefix_events("svc", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    for i in 0..3 {
+        let pair = put_retrying(&store, &format!("svc/before/{i}"), "x").await;
+        assert_eq!(expect_put(next_item(&mut events, "before").await), pair);
+    }
+    // Every member serves this client in turn, so killing any one kills a connection
+    // it was using.
+    cluster.kill(0);
+    for i in 0..10 {
+        let pair = put_retrying(&store, &format!("svc/after/{i}"), "x").await;
+        assert_eq!(expect_put(next_item(&mut events, "after").await), pair);
+    }
+    assert_eq!(store.list("svc").await.unwrap().len(), 13);
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_unavailable_within_the_connect_timeout() {
+    let port = kvstore_testsuite::server::free_port().unwrap();
+    let mut config = EtcdConfig::new([format!("127.0.0.1:{port}")]);
+    config.connect_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let result = EtcdStore::connect(config).await;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}

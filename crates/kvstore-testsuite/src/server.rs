@@ -200,18 +200,31 @@ fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
-/// One etcd member's fixed identity: name, ports and data directory.
+/// PEM files for serving etcd's client port over TLS.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server certificate (valid for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signed it, for health checks with etcdctl.
+    pub ca: PathBuf,
+}
+
+/// One etcd member's fixed identity: name, ports, data directory and TLS files.
 #[derive(Clone, Debug)]
 struct EtcdMember {
     name: String,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
+    tls: Option<ServerTls>,
 }
 
 impl EtcdMember {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -236,16 +249,23 @@ impl EtcdMember {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", token])
             .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
         let mut process = Process::spawn(command, &log)?;
         wait_until(&format!("etcd {}", self.name), &log, &mut process, || {
-            etcd_healthy(&self.client_url())
+            etcd_healthy(&self.client_url(), self.tls.as_ref())
         })?;
         Ok(process)
     }
 }
 
 /// Whether `etcdctl endpoint health` succeeds for `endpoint`.
-fn etcd_healthy(endpoint: &str) -> bool {
+fn etcd_healthy(endpoint: &str, tls: Option<&ServerTls>) -> bool {
     let Ok(etcdctl) = find_binary("etcdctl", "etcd-client") else {
         // Without etcdctl, an open port is the best signal available.
         return endpoint
@@ -254,7 +274,11 @@ fn etcd_healthy(endpoint: &str) -> bool {
             .and_then(|p| p.parse().ok())
             .is_some_and(port_open);
     };
-    Command::new(etcdctl)
+    let mut command = Command::new(etcdctl);
+    if let Some(tls) = tls {
+        command.arg("--cacert").arg(&tls.ca);
+    }
+    command
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
@@ -283,12 +307,22 @@ impl EtcdServer {
     /// When `etcd` is not installed (naming the package), or it does not become healthy
     /// within [`STARTUP_TIMEOUT`].
     pub fn start() -> ServerResult<EtcdServer> {
+        EtcdServer::start_with_tls(None)
+    }
+
+    /// Start etcd serving clients over TLS (`https://`) with the given files, or plain
+    /// HTTP with `None`.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    pub fn start_with_tls(tls: Option<ServerTls>) -> ServerResult<EtcdServer> {
         let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
         let member = EtcdMember {
             name: "kvstore-test".into(),
             client_port: free_port()?,
             peer_port: free_port()?,
             data_dir: dir.path().join("data"),
+            tls,
         };
         let process = member.start(
             &format!("{}={}", member.name, member.peer_url()),
@@ -301,7 +335,7 @@ impl EtcdServer {
         })
     }
 
-    /// The client endpoint, `http://127.0.0.1:PORT`.
+    /// The client endpoint, `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
         self.member.client_url()
     }
@@ -391,6 +425,7 @@ impl EtcdCluster {
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 data_dir: dir.path().join(format!("member{i}")),
+                tls: None,
             });
         }
         let initial: Vec<String> = members

@@ -1,2 +1,10 @@
-//! Examples and end-to-end tests of kvstore live in `examples/` and `tests/`; this
-//! library is empty.
+//! The pieces the examples share: a tiny HTTP echo provider and a gateway that routes
+//! to the live instances of a service. Real HTTP (axum servers, a hyper client) on
+//! loopback; the examples in `examples/` wire them to a kvstore.
+
+pub mod client;
+pub mod echo;
+pub mod gateway;
+
+/// The response header naming the instance that served a request.
+pub const SERVED_BY: &str = "x-served-by";

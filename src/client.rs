@@ -1,0 +1,66 @@
+//! A small HTTP client for the demos and tests: one GET, with who served it.
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::SERVED_BY;
+
+/// What a GET returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `x-served-by` header: the instance that served (or was tried).
+    pub served_by: Option<String>,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// An HTTP/1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl HttpClient {
+    /// `GET url`.
+    ///
+    /// # Errors
+    /// A malformed URL or a failed connection, as text.
+    pub async fn get(&self, url: &str) -> Result<Reply, String> {
+        let uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+        let response = self
+            .client
+            .get(uri)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let served_by = response
+            .headers()
+            .get(SERVED_BY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            served_by,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}

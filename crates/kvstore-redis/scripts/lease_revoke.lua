@@ -1,0 +1,2 @@
+-- lease_revoke: ARGV[3] lease id -> revision of the deletes, or 0
+return revoke(ARGV[3])

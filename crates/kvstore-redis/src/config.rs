@@ -1,0 +1,154 @@
+//! [`RedisConfig`]: server URL, namespace, timeouts and limits.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Key, Result};
+
+/// Default time allowed to connect: 5 s (CONTRACT §7).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline of one request: 5 s (the redis crate's own default, 500 ms, is too
+/// short for a script that expires many leases).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default namespace: keys live under the hash tag `{kvstore}`.
+pub const DEFAULT_NAMESPACE: &str = "kvstore";
+/// Default approximate length of the change stream (`XADD MAXLEN ~`): how far a watcher
+/// may fall behind before it gets a `Resync`.
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
+/// Default largest value: 1.5 MiB, as etcd, so code moves between backends unchanged.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
+
+/// How to reach Redis and where keys live.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// All keys of the store live under the hash tag `{namespace}`; must be a valid key
+    /// without `{`/`}`. Default [`DEFAULT_NAMESPACE`].
+    pub namespace: String,
+    /// Time allowed to connect. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Deadline of each request. Default 5 s.
+    pub response_timeout: Duration,
+    /// Approximate length the change stream is trimmed to. Default 100,000.
+    pub stream_max_len: u64,
+    /// Largest value accepted, in bytes. Default 1.5 MiB.
+    pub max_value_size: usize,
+    /// PEM CA certificate to trust for `rediss://` (feature `tls`); the system roots
+    /// otherwise.
+    #[cfg(feature = "tls")]
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisConfig {
+    /// A configuration for `url` with every default.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            stream_max_len: DEFAULT_STREAM_MAX_LEN,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            #[cfg(feature = "tls")]
+            ca_pem: None,
+        }
+    }
+
+    /// Parse `redis://[user:password@]host:port[/db][?namespace=NAME&connect_timeout=MS&response_timeout=MS]`
+    /// (or `rediss://`). The kvstore options are taken out of the query; the rest goes
+    /// to the redis client.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the malformed part.
+    pub fn from_url(raw: &str) -> Result<RedisConfig> {
+        let bad = |what: String| Error::Config {
+            message: format!("invalid redis URL {raw:?}: {what}"),
+        };
+        let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(bad("expected redis:// or rediss://".into()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("a host is required".into()));
+        }
+        let db = url.path().trim_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(bad(format!(
+                "the path must be a database number, got {db:?}"
+            )));
+        }
+        let mut config = RedisConfig::new(String::new());
+        let mut passthrough = Vec::new();
+        for (name, value) in url.query_pairs() {
+            let millis = || {
+                value
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| bad(format!("{name} must be milliseconds, got {value:?}")))
+            };
+            match &*name {
+                "namespace" => config.namespace = value.to_string(),
+                "connect_timeout" => config.connect_timeout = millis()?,
+                "response_timeout" => config.response_timeout = millis()?,
+                "protocol" => passthrough.push((name.to_string(), value.to_string())),
+                other => return Err(bad(format!("unknown option {other:?}"))),
+            }
+        }
+        if passthrough.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(passthrough);
+        }
+        config.url = url.to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the configuration before connecting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid namespace or a zero timeout.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Config { message });
+        if Key::new(&self.namespace).is_err() || self.namespace.contains(['{', '}']) {
+            return bad(format!("invalid redis namespace {:?}", self.namespace));
+        }
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return bad("redis timeouts must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvstore_options_are_taken_out_of_the_url() {
+        let config =
+            RedisConfig::from_url("redis://u:p@h:6380/2?namespace=app&connect_timeout=250")
+                .unwrap();
+        assert_eq!(config.url, "redis://u:p@h:6380/2");
+        assert_eq!(config.namespace, "app");
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn malformed_urls_name_the_problem() {
+        for (url, needle) in [
+            ("h:6379", "redis://"),
+            ("http://h:6379", "redis://"),
+            ("redis://h:6379/zero", "database number"),
+            ("redis://h:6379?colour=1", "colour"),
+            ("redis://h:6379?namespace={x}", "namespace"),
+        ] {
+            match RedisConfig::from_url(url) {
+                Err(Error::Config { message }) => {
+                    assert!(message.contains(needle), "{url}: {message}")
+                }
+                other => panic!("{url}: expected Config, got {other:?}"),
+            }
+        }
+    }
+}

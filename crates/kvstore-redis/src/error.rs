@@ -1,0 +1,49 @@
+//! Mapping redis client errors onto the contract's [`Error`] variants.
+
+use std::time::Duration;
+
+use kvstore_core::Error;
+use redis::{ErrorKind, RedisError};
+
+use crate::BACKEND;
+
+/// The contract error for a redis error during `operation` (a script name or command).
+pub(crate) fn from_redis(operation: &'static str, error: RedisError, timeout: Duration) -> Error {
+    let auth = error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+    if auth {
+        return Error::Auth {
+            backend: BACKEND,
+            operation,
+            message: error.to_string(),
+        };
+    }
+    if error.is_timeout() {
+        return Error::Timeout {
+            operation,
+            after: timeout,
+        };
+    }
+    if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
+        return Error::Unavailable {
+            backend: BACKEND,
+            operation,
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        };
+    }
+    Error::Backend {
+        backend: BACKEND,
+        operation,
+        source: Box::new(error),
+    }
+}
+
+/// A script answered something this crate did not expect: a bug, reported as such.
+pub(crate) fn unexpected(operation: &'static str, what: String) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        operation,
+        source: what.into(),
+    }
+}

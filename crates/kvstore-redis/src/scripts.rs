@@ -1,0 +1,82 @@
+//! The Lua scripts, each the shared prelude (`scripts/lib.lua`) followed by its own
+//! body. `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading
+//! it again only if the server answers `NOSCRIPT` (after a restart).
+
+use redis::{Script, Value};
+
+macro_rules! script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("../scripts/lib.lua"),
+            "\n",
+            include_str!(concat!("../scripts/", $name, ".lua"))
+        ))
+    };
+}
+
+/// Every script of the backend.
+pub(crate) struct Scripts {
+    pub get: Script,
+    pub range: Script,
+    pub put: Script,
+    pub delete: Script,
+    pub delete_prefix: Script,
+    pub lease_grant: Script,
+    pub lease_keep_alive: Script,
+    pub lease_revoke: Script,
+    pub reap: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            get: script!("get"),
+            range: script!("range"),
+            put: script!("put"),
+            delete: script!("delete"),
+            delete_prefix: script!("delete_prefix"),
+            lease_grant: script!("lease_grant"),
+            lease_keep_alive: script!("lease_keep_alive"),
+            lease_revoke: script!("lease_revoke"),
+            reap: script!("reap"),
+        }
+    }
+}
+
+/// Reading script replies, which are arrays of strings and integers.
+pub(crate) trait Reply {
+    fn text(&self) -> Option<String>;
+    fn bytes(&self) -> Option<Vec<u8>>;
+    fn int(&self) -> Option<i64>;
+    fn items(&self) -> Option<&[Value]>;
+}
+
+impl Reply for Value {
+    fn text(&self) -> Option<String> {
+        self.bytes().and_then(|b| String::from_utf8(b).ok())
+    }
+
+    fn bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Value::BulkString(b) => Some(b.clone()),
+            Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            Value::Int(i) => Some(i.to_string().into_bytes()),
+            _ => None,
+        }
+    }
+
+    fn int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+}

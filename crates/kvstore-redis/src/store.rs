@@ -1,0 +1,542 @@
+//! [`RedisStore`]: the contract's primitives as Lua scripts on Redis.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::{
+    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
+    LeaseLoss, Prefix, Result, WatchFrom, WatchTarget,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::BACKEND;
+use crate::config::RedisConfig;
+use crate::error::{from_redis, unexpected};
+use crate::scripts::{Reply, Scripts};
+
+/// How often the background reaper expires leases, so watchers see TTL expiry within
+/// this long of the deadline even when nobody reads.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The area of user keys; lock bookkeeping lives in [`LOCK_AREA`].
+const USER_AREA: &str = "kv";
+const LOCK_AREA: &str = "lock";
+
+/// State shared by every clone of one connection.
+struct Shared {
+    closed: AtomicBool,
+    shutdown: CancellationToken,
+    /// Leases granted through this connection and not detached: revoked on close.
+    leases: Mutex<HashSet<i64>>,
+}
+
+/// A store on Redis. Cloning gives another handle on the same connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) client: redis::Client,
+    pub(crate) connection: ConnectionManager,
+    pub(crate) config: Arc<RedisConfig>,
+    pub(crate) scripts: Arc<Scripts>,
+    /// `{namespace}:rev`, the first key of every script.
+    pub(crate) revision_key: Arc<str>,
+    pub(crate) area: &'static str,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.config.namespace)
+            .field("area", &self.area)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh random epoch candidate: only the first one of a store's data is kept.
+fn epoch_candidate() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl RedisStore {
+    /// Connect to Redis, check that it answers, and start the lease reaper.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration or URL; [`Error::Unavailable`] when
+    /// the server does not answer within `connect_timeout`; [`Error::Auth`] for rejected
+    /// credentials.
+    pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
+        config.validate()?;
+        let client = open_client(&config)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
+        let timeout = config.connect_timeout;
+        let connecting = async {
+            let mut connection = ConnectionManager::new_with_config(client.clone(), manager_config)
+                .await
+                .map_err(|e| from_redis("connect", e, timeout))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .map_err(|e| from_redis("connect", e, timeout))?;
+            Ok::<_, Error>(connection)
+        };
+        let connection = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| Error::Unavailable {
+                backend: BACKEND,
+                operation: "connect",
+                message: format!("redis did not answer within {timeout:?}"),
+                source: None,
+            })??;
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            leases: Mutex::new(HashSet::new()),
+        });
+        let store = RedisStore {
+            client,
+            connection,
+            revision_key: format!("{{{}}}:rev", config.namespace).into(),
+            config: Arc::new(config),
+            scripts: Arc::new(Scripts::new()),
+            area: USER_AREA,
+            shared,
+        };
+        tokio::spawn(reap_periodically(
+            store.clone_detached(),
+            Arc::downgrade(&store.shared),
+        ));
+        Ok(store)
+    }
+
+    /// A handle for the reaper that does not keep the shared state alive.
+    fn clone_detached(
+        &self,
+    ) -> (
+        ConnectionManager,
+        Arc<Scripts>,
+        Arc<str>,
+        Arc<RedisConfig>,
+        CancellationToken,
+    ) {
+        (
+            self.connection.clone(),
+            self.scripts.clone(),
+            self.revision_key.clone(),
+            self.config.clone(),
+            self.shared.shutdown.clone(),
+        )
+    }
+
+    /// The Redis key (a hash) holding `key`: `{namespace}:kv:k:{key}`. Read it with
+    /// `redis-cli HGET '{namespace}:kv:k:KEY' value`.
+    pub fn redis_key(&self, key: &str) -> String {
+        format!("{{{}}}:{}:k:{key}", self.config.namespace, self.area)
+    }
+
+    /// The change stream of this store: `{namespace}:log`.
+    pub fn stream_key(&self) -> String {
+        format!("{{{}}}:log", self.config.namespace)
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    fn tracked_leases(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.shared.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `script` with the common arguments then `args`.
+    pub(crate) async fn run(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        run_script(
+            &mut self.connection.clone(),
+            script,
+            &self.revision_key,
+            &self.config,
+            operation,
+            args,
+        )
+        .await
+    }
+
+    /// A pair from a script's `{key, value, revision, create_revision, lease}`.
+    pub(crate) fn pair(value: &Value) -> Option<KvPair> {
+        let items = value.items()?;
+        let lease = items.get(4)?.int().filter(|l| *l != 0).map(LeaseId);
+        Some(KvPair {
+            key: items.first()?.text()?,
+            value: Bytes::from(items.get(1)?.bytes()?),
+            revision: u64::try_from(items.get(2)?.int()?).ok()?,
+            create_revision: u64::try_from(items.get(3)?.int()?).ok()?,
+            lease,
+        })
+    }
+
+    /// Read a key or everything below a prefix atomically: the pairs, the revision read
+    /// at and the data's epoch.
+    pub(crate) async fn read(&self, target: &WatchTarget) -> Result<RangeRead> {
+        let (mode, start) = match target {
+            WatchTarget::Key(key) => ("key", key.to_string()),
+            WatchTarget::Prefix(prefix) => ("prefix", prefix.key_start()),
+        };
+        let reply = self
+            .run(
+                "range",
+                &self.scripts.range,
+                &[self.area.as_bytes(), mode.as_bytes(), start.as_bytes()],
+            )
+            .await?;
+        let bad = || unexpected("range", format!("unexpected reply {reply:?}"));
+        let items = reply.items().ok_or_else(bad)?;
+        let revision = items.first().and_then(Reply::int).ok_or_else(bad)?;
+        let epoch = items.get(1).and_then(Reply::text).ok_or_else(bad)?;
+        let pairs = items.iter().skip(2).filter_map(RedisStore::pair).collect();
+        Ok(RangeRead {
+            pairs,
+            revision: u64::try_from(revision).unwrap_or(0),
+            epoch,
+        })
+    }
+}
+
+/// What [`RedisStore::read`] returns.
+pub(crate) struct RangeRead {
+    pub pairs: Vec<KvPair>,
+    pub revision: u64,
+    pub epoch: String,
+}
+
+fn open_client(config: &RedisConfig) -> Result<redis::Client> {
+    let bad = |e: redis::RedisError| Error::Config {
+        message: format!("invalid redis URL {:?}: {e}", config.url),
+    };
+    #[cfg(feature = "tls")]
+    if let Some(ca) = &config.ca_pem {
+        return redis::Client::build_with_tls(
+            config.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        )
+        .map_err(bad);
+    }
+    redis::Client::open(config.url.as_str()).map_err(bad)
+}
+
+async fn run_script(
+    connection: &mut ConnectionManager,
+    script: &Script,
+    revision_key: &str,
+    config: &RedisConfig,
+    operation: &'static str,
+    args: &[&[u8]],
+) -> Result<Value> {
+    let mut invocation = script.key(revision_key);
+    invocation.arg(epoch_candidate()).arg(config.stream_max_len);
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    invocation
+        .invoke_async(connection)
+        .await
+        .map_err(|e| from_redis(operation, e, config.response_timeout))
+}
+
+/// Expire due leases every [`REAP_INTERVAL`] until the store is closed or dropped.
+async fn reap_periodically(
+    (mut connection, scripts, revision_key, config, shutdown): (
+        ConnectionManager,
+        Arc<Scripts>,
+        Arc<str>,
+        Arc<RedisConfig>,
+        CancellationToken,
+    ),
+    alive: Weak<Shared>,
+) {
+    let mut ticks = tokio::time::interval(REAP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if alive.strong_count() == 0 {
+            return;
+        }
+        if let Err(error) = run_script(
+            &mut connection,
+            &scripts.reap,
+            &revision_key,
+            &config,
+            "reap",
+            &[],
+        )
+        .await
+        {
+            tracing::debug!(%error, "lease reaper failed; retrying");
+        }
+    }
+}
+
+fn condition_args(condition: Condition) -> (&'static str, String) {
+    match condition {
+        Condition::Always => ("always", String::new()),
+        Condition::Absent => ("absent", String::new()),
+        Condition::Revision(expected) => ("revision", expected.to_string()),
+    }
+}
+
+#[async_trait]
+impl Backend for RedisStore {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_size: self.config.max_value_size,
+            leases: true,
+            ttl_granularity: Duration::from_millis(1),
+            watch: true,
+            locks: true,
+            tokio_clock: false,
+        }
+    }
+
+    fn lock_area(&self) -> Self {
+        RedisStore {
+            area: LOCK_AREA,
+            ..self.clone()
+        }
+    }
+
+    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+        let reply = self
+            .run(
+                "get",
+                &self.scripts.get,
+                &[self.area.as_bytes(), key.as_str().as_bytes()],
+            )
+            .await?;
+        Ok(RedisStore::pair(&reply))
+    }
+
+    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+        Ok(self.read(&WatchTarget::Prefix(prefix.clone())).await?.pairs)
+    }
+
+    async fn write(
+        &self,
+        key: &Key,
+        value: Bytes,
+        condition: Condition,
+        lease: Option<LeaseId>,
+    ) -> Result<KvPair> {
+        let (condition_name, expected) = condition_args(condition);
+        let lease_arg = lease.map(|l| l.0.to_string()).unwrap_or_default();
+        let reply = self
+            .run(
+                "put",
+                &self.scripts.put,
+                &[
+                    self.area.as_bytes(),
+                    key.as_str().as_bytes(),
+                    &value,
+                    condition_name.as_bytes(),
+                    expected.as_bytes(),
+                    lease_arg.as_bytes(),
+                ],
+            )
+            .await?;
+        let bad = || unexpected("put", format!("unexpected reply {reply:?}"));
+        let items = reply.items().ok_or_else(bad)?;
+        let status = items.first().and_then(Reply::text).ok_or_else(bad)?;
+        let number = |i: usize| {
+            items
+                .get(i)
+                .and_then(Reply::int)
+                .and_then(|n| u64::try_from(n).ok())
+        };
+        match status.as_str() {
+            "ok" => Ok(KvPair {
+                key: key.to_string(),
+                value,
+                revision: number(1).ok_or_else(bad)?,
+                create_revision: number(2).ok_or_else(bad)?,
+                lease,
+            }),
+            "exists" => Err(Error::KeyExists {
+                key: key.to_string(),
+            }),
+            "not_found" => Err(Error::KeyNotFound {
+                key: key.to_string(),
+            }),
+            "modified" => Err(Error::KeyModified {
+                key: key.to_string(),
+                expected: expected.parse().unwrap_or(0),
+                actual: number(1).unwrap_or(0),
+            }),
+            "no_lease" => Err(Error::LeaseLost {
+                lease: lease.unwrap_or(LeaseId(0)),
+                reason: LeaseLoss::Expired,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
+        if condition == Condition::Absent {
+            return Err(Error::invalid_argument(
+                "delete",
+                "a delete cannot require the key to be absent",
+            ));
+        }
+        let (condition_name, expected) = condition_args(condition);
+        let reply = self
+            .run(
+                "delete",
+                &self.scripts.delete,
+                &[
+                    self.area.as_bytes(),
+                    key.as_str().as_bytes(),
+                    condition_name.as_bytes(),
+                    expected.as_bytes(),
+                ],
+            )
+            .await?;
+        let bad = || unexpected("delete", format!("unexpected reply {reply:?}"));
+        let items = reply.items().ok_or_else(bad)?;
+        let number = items
+            .get(1)
+            .and_then(Reply::int)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(bad)?;
+        match items.first().and_then(Reply::text).as_deref() {
+            Some("ok") => Ok((number > 0).then_some(number)),
+            Some("not_found") => Err(Error::KeyNotFound {
+                key: key.to_string(),
+            }),
+            Some("modified") => Err(Error::KeyModified {
+                key: key.to_string(),
+                expected: expected.parse().unwrap_or(0),
+                actual: number,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+        let start = prefix.key_start();
+        let reply = self
+            .run(
+                "delete_tree",
+                &self.scripts.delete_prefix,
+                &[self.area.as_bytes(), start.as_bytes()],
+            )
+            .await?;
+        let revision = reply
+            .int()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| unexpected("delete_tree", format!("unexpected reply {reply:?}")))?;
+        Ok((revision > 0).then_some(revision))
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply = self
+            .run(
+                "grant_lease",
+                &self.scripts.lease_grant,
+                &[millis.to_string().as_bytes()],
+            )
+            .await?;
+        let id = reply
+            .int()
+            .ok_or_else(|| unexpected("grant_lease", format!("unexpected reply {reply:?}")))?;
+        self.tracked_leases().insert(id);
+        Ok(LeaseGrant {
+            id: LeaseId(id),
+            ttl: Duration::from_millis(millis),
+        })
+    }
+
+    fn lease_detach(&self, lease: LeaseId) {
+        self.tracked_leases().remove(&lease.0);
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let reply = self
+            .run(
+                "keep_alive_lease",
+                &self.scripts.lease_keep_alive,
+                &[lease.0.to_string().as_bytes()],
+            )
+            .await?;
+        match reply.int() {
+            Some(millis) if millis > 0 => Ok(Duration::from_millis(millis.unsigned_abs())),
+            Some(_) => Err(Error::LeaseLost {
+                lease,
+                reason: LeaseLoss::Expired,
+            }),
+            None => Err(unexpected(
+                "keep_alive_lease",
+                format!("unexpected reply {reply:?}"),
+            )),
+        }
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.run(
+            "revoke_lease",
+            &self.scripts.lease_revoke,
+            &[lease.0.to_string().as_bytes()],
+        )
+        .await?;
+        self.tracked_leases().remove(&lease.0);
+        Ok(())
+    }
+
+    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(crate::watch::subscribe(self.clone(), target, from))
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let leases: Vec<i64> = self.tracked_leases().drain().collect();
+        for lease in leases {
+            // Best effort: an unrevoked lease still expires after its TTL.
+            if let Err(error) = self
+                .run(
+                    "revoke_lease",
+                    &self.scripts.lease_revoke,
+                    &[lease.to_string().as_bytes()],
+                )
+                .await
+            {
+                tracing::debug!(lease, %error, "revoke on close failed; the lease will expire");
+            }
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.shutdown.cancel();
+        Ok(())
+    }
+}

@@ -151,16 +151,34 @@ impl EtcdStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Run one request: `Closed` after shutdown, `Timeout` after the request timeout,
-    /// client errors mapped onto the contract.
-    pub(crate) async fn call<T, F>(&self, operation: &'static str, request: F) -> Result<T>
+    /// Run one request made by `request` on a client: `Closed` after shutdown, `Timeout`
+    /// after the request timeout, client errors mapped onto the contract.
+    ///
+    /// The client balances requests over every endpoint and keeps a dead member in its
+    /// rotation, so a request can land on a member that refuses connections. Such a
+    /// request never reached any server, so it is sent again (to the next member) up to
+    /// once per endpoint; that is what keeps a cluster serving when a member dies.
+    pub(crate) async fn call<T, F, Fut>(&self, operation: &'static str, request: F) -> Result<T>
     where
-        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed { backend: BACKEND });
         }
-        match tokio::time::timeout(self.config.request_timeout, request).await {
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match request(self.client.clone()).await {
+                    Err(error) if attempt <= self.config.endpoints.len() && never_sent(&error) => {
+                        tracing::debug!(%error, operation, "etcd member unreachable; trying the next one");
+                    }
+                    outcome => return outcome,
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.request_timeout, attempts).await {
             Ok(result) => result.map_err(|e| from_etcd(operation, e)),
             Err(_) => Err(Error::Timeout {
                 operation,
@@ -185,7 +203,6 @@ impl EtcdStore {
 
     /// Read a key or everything below a prefix; returns the pairs and the revision read.
     pub(crate) async fn read(&self, target: &WatchTarget) -> Result<(Vec<KvPair>, u64)> {
-        let mut client = self.client.clone();
         let (key, options) = match target {
             WatchTarget::Key(key) => (self.etcd_key(key.as_str()), None),
             WatchTarget::Prefix(prefix) => (
@@ -193,7 +210,12 @@ impl EtcdStore {
                 Some(GetOptions::new().with_prefix()),
             ),
         };
-        let response = self.call("get", client.get(key, options)).await?;
+        let response = self
+            .call("get", |mut client| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { client.get(key, options).await }
+            })
+            .await?;
         let read_at = response.header().map_or(0, |h| revision(h.revision()));
         Ok((
             response
@@ -218,6 +240,20 @@ impl EtcdStore {
             },
         }
     }
+}
+
+/// Whether `error` says the connection could not be made at all, so the request was
+/// never sent and sending it again cannot apply it twice.
+fn never_sent(error: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        let text = current.to_string();
+        if text.contains("tcp connect error") || text.contains("Connection refused") {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// etcd revisions are `i64` and never negative.
@@ -313,9 +349,11 @@ impl Backend for EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
-        let mut client = self.client.clone();
         let response = self
-            .call("put", client.txn(txn))
+            .call("put", |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
             .await
             .map_err(|e| match lease {
                 Some(lease) => for_lease(e, lease),
@@ -347,10 +385,14 @@ impl Backend for EtcdStore {
 
     async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
         let etcd_key = self.etcd_key(key.as_str());
-        let mut client = self.client.clone();
         match condition {
             Condition::Always => {
-                let response = self.call("delete", client.delete(etcd_key, None)).await?;
+                let response = self
+                    .call("delete", |mut client| {
+                        let key = etcd_key.clone();
+                        async move { client.delete(key, None).await }
+                    })
+                    .await?;
                 Ok((response.deleted() > 0).then(|| header_revision(response.header())))
             }
             Condition::Revision(expected) => {
@@ -362,7 +404,12 @@ impl Backend for EtcdStore {
                     )])
                     .and_then([TxnOp::delete(etcd_key.clone(), None)])
                     .or_else([TxnOp::get(etcd_key, None)]);
-                let response = self.call("atomic_delete", client.txn(txn)).await?;
+                let response = self
+                    .call("atomic_delete", |mut client| {
+                        let txn = txn.clone();
+                        async move { client.txn(txn).await }
+                    })
+                    .await?;
                 if !response.succeeded() {
                     let current = first_get(&response.op_responses());
                     return Err(self.compare_failure(key, expected, current.as_ref()));
@@ -377,13 +424,16 @@ impl Backend for EtcdStore {
     }
 
     async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
-        let mut client = self.client.clone();
         let start = self.etcd_key(&prefix.key_start());
         let response = self
-            .call(
-                "delete_tree",
-                client.delete(start, Some(DeleteOptions::new().with_prefix())),
-            )
+            .call("delete_tree", |mut client| {
+                let start = start.clone();
+                async move {
+                    client
+                        .delete(start, Some(DeleteOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         Ok((response.deleted() > 0).then(|| header_revision(response.header())))
     }
@@ -392,9 +442,10 @@ impl Backend for EtcdStore {
         // etcd TTLs are whole seconds: round up, so a lease never ends early.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let seconds = i64::try_from(seconds.max(1)).unwrap_or(i64::MAX);
-        let mut client = self.client.clone();
         let response = self
-            .call("grant_lease", client.lease_grant(seconds, None))
+            .call("grant_lease", |mut client| async move {
+                client.lease_grant(seconds, None).await
+            })
             .await?;
         self.tracked_leases().insert(response.id());
         Ok(LeaseGrant {
@@ -408,8 +459,7 @@ impl Backend for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let mut client = self.client.clone();
-        let refresh = async move {
+        let refresh = |mut client: Client| async move {
             // Opening the stream sends one keep-alive and checks that the lease exists;
             // the second one reads back the TTL the server now grants.
             let (mut keeper, mut responses) = client.lease_keep_alive(lease.0).await?;
@@ -429,9 +479,10 @@ impl Backend for EtcdStore {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.clone();
         let outcome = self
-            .call("revoke_lease", client.lease_revoke(lease.0))
+            .call("revoke_lease", |mut client| async move {
+                client.lease_revoke(lease.0).await
+            })
             .await;
         self.tracked_leases().remove(&lease.0);
         match outcome {

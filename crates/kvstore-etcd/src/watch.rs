@@ -148,7 +148,6 @@ impl Watcher {
     }
 
     async fn open(&self) -> Result<WatchStream> {
-        let mut client = self.store.client.clone();
         let start = i64::try_from(self.next).unwrap_or(i64::MAX);
         let (key, options) = match &self.target {
             WatchTarget::Key(key) => (
@@ -161,7 +160,10 @@ impl Watcher {
             ),
         };
         self.store
-            .call("watch", client.watch(key, Some(options)))
+            .call("watch", |mut client| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { client.watch(key, Some(options)).await }
+            })
             .await
     }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvstore_examples::client::HttpClient;
-use kvstore_testsuite::server::{EtcdServer, free_port};
+use kvstore_testsuite::server::{EtcdServer, RedisServer, free_port};
 
 const TTL_SECS: u64 = 2;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,9 +69,24 @@ fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_stops_routing_to_a_killed_provider_within_ttl_plus_one_second() {
+async fn on_etcd_the_gateway_stops_routing_to_a_killed_provider_within_ttl_plus_one_second() {
     let etcd = EtcdServer::start().unwrap();
-    let store = format!("etcd://{}/multiprocess", etcd.address());
+    gateway_stops_routing_to_a_killed_provider(&format!("etcd://{}/multiprocess", etcd.address()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_gateway_stops_routing_to_a_killed_provider_within_ttl_plus_one_second() {
+    let redis = RedisServer::start().unwrap();
+    gateway_stops_routing_to_a_killed_provider(&format!(
+        "{}/0?namespace=multiprocess",
+        redis.url()
+    ))
+    .await;
+}
+
+async fn gateway_stops_routing_to_a_killed_provider(store: &str) {
+    let store = store.to_owned();
     let ttl = TTL_SECS.to_string();
     let (mut doomed, _) = start(
         "provider",

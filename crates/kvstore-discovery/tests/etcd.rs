@@ -21,8 +21,12 @@ impl Harness for EtcdHarness {
         Ok(Arc::new(EtcdStore::connect(config).await?))
     }
 
+    /// The discovery scenarios never compact; the resync diff is tested on memory.
     async fn compact(&self, _namespace: &str) -> Result<()> {
-        Ok(())
+        Err(kvstore_core::Error::Unsupported {
+            operation: "compact",
+            backend: "etcd",
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use kvstore_core::{
     LeaseLoss, Prefix, Result, WatchFrom, WatchTarget,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{AsyncConnectionConfig, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
@@ -78,14 +78,20 @@ impl RedisStore {
             .set_response_timeout(Some(config.response_timeout));
         let timeout = config.connect_timeout;
         let connecting = async {
-            let mut connection = ConnectionManager::new_with_config(client.clone(), manager_config)
+            // One plain connection first: the connection manager retries every failure,
+            // rejected credentials included, where a clear error is wanted at once.
+            let probe = AsyncConnectionConfig::new().set_connection_timeout(Some(timeout));
+            let mut first = client
+                .get_multiplexed_async_connection_with_config(&probe)
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
             redis::cmd("PING")
-                .query_async::<String>(&mut connection)
+                .query_async::<String>(&mut first)
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
-            Ok::<_, Error>(connection)
+            ConnectionManager::new_with_config(client.clone(), manager_config)
+                .await
+                .map_err(|e| from_redis("connect", e, timeout))
         };
         let connection = tokio::time::timeout(timeout, connecting)
             .await
@@ -226,6 +232,11 @@ fn open_client(config: &RedisConfig) -> Result<redis::Client> {
     let bad = |e: redis::RedisError| Error::Config {
         message: format!("invalid redis URL {:?}: {e}", config.url),
     };
+    #[cfg(feature = "tls")]
+    if config.url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; this keeps an existing one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     #[cfg(feature = "tls")]
     if let Some(ca) = &config.ca_pem {
         return redis::Client::build_with_tls(

@@ -490,14 +490,47 @@ impl RedisServer {
         RedisServer::start_with(&[])
     }
 
-    /// Start redis-server with extra command-line options (e.g. `--requirepass`, TLS).
+    /// Start redis-server with extra command-line options (e.g. `--requirepass`).
     ///
     /// # Errors
     /// As [`RedisServer::start`].
     pub fn start_with(extra: &[&str]) -> ServerResult<RedisServer> {
         let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
         let port = free_port()?;
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.splice(0..0, ["--port".to_owned(), port.to_string()]);
+        let process = RedisServer::launch(port, dir.path(), &extra)?;
+        Ok(RedisServer {
+            port,
+            dir,
+            extra,
+            process,
+        })
+    }
+
+    /// Start redis-server serving only TLS on its port, with the given PEM files
+    /// (clients are not asked for certificates).
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_tls(tls: &ServerTls) -> ServerResult<RedisServer> {
+        let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
+        let port = free_port()?;
+        let path = |p: &PathBuf| p.display().to_string();
+        let extra = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&tls.cert),
+            "--tls-key-file".to_owned(),
+            path(&tls.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&tls.ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
         let process = RedisServer::launch(port, dir.path(), &extra)?;
         Ok(RedisServer {
             port,
@@ -512,7 +545,6 @@ impl RedisServer {
         let log = dir.join("redis.log");
         let mut command = Command::new(binary);
         command
-            .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `memory://` | `memory` (default) | in-process, on tokio's clock |
 //! | `etcd://host:port[,host:port...][/namespace]` | `etcd` | etcd v3 |
-//! | `redis://host:port/db` | `redis` | Redis |
+//! | `redis://host:port[/db][?namespace=NAME]` | `redis` | Redis (`rediss://` for TLS) |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -34,6 +34,10 @@ pub use open::open;
 /// The etcd v3 backend ([`kvstore_etcd`]).
 #[cfg(feature = "etcd")]
 pub use kvstore_etcd as etcd;
+
+/// The Redis backend ([`kvstore_redis`]).
+#[cfg(feature = "redis")]
+pub use kvstore_redis as redis;
 
 /// The in-memory backend ([`kvstore_memory`]).
 #[cfg(feature = "memory")]

@@ -8,7 +8,8 @@ use kvstore_core::{Error, Result, Store};
 ///
 /// - `memory://` — a new in-memory store; `?namespace=NAME` roots its keys.
 /// - `etcd://host:port[,host:port...][/namespace]` — etcd v3 (feature `etcd`).
-/// - `redis://host:port[/db]` — Redis (feature `redis`).
+/// - `redis://[user:password@]host:port[/db][?namespace=NAME]` (or `rediss://` for
+///   TLS) — Redis (feature `redis`).
 ///
 /// # Errors
 /// [`Error::Config`] for a malformed URL, an unknown scheme, or a scheme whose feature
@@ -21,7 +22,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     match scheme {
         "memory" => open_memory(url),
         "etcd" => open_etcd(url).await,
-        "redis" | "rediss" => Err(feature_off(scheme, "redis")),
+        "redis" | "rediss" => open_redis(url).await,
         other => Err(Error::Config {
             message: format!(
                 "unknown store scheme {other:?} in {url:?}: expected memory://, etcd:// or redis://"
@@ -30,6 +31,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+#[cfg(not(all(feature = "memory", feature = "etcd", feature = "redis")))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::Config {
         message: format!(
@@ -47,6 +49,18 @@ async fn open_etcd(url: &str) -> Result<Arc<dyn Store>> {
 #[cfg(not(feature = "etcd"))]
 async fn open_etcd(_url: &str) -> Result<Arc<dyn Store>> {
     Err(feature_off("etcd", "etcd"))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str) -> Result<Arc<dyn Store>> {
+    let config = kvstore_redis::RedisConfig::from_url(url)?;
+    Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = url.split_once("://").map_or("redis", |(scheme, _)| scheme);
+    Err(feature_off(scheme, "redis"))
 }
 
 #[cfg(feature = "memory")]

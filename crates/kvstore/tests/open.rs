@@ -56,3 +56,22 @@ async fn etcd_url_without_the_feature_names_the_feature() {
     let message = config_message(kvstore::open("etcd://127.0.0.1:2379").await);
     assert!(message.contains("`etcd` feature"), "{message}");
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_url_opens_a_redis_store() {
+    let server = kvstore_testsuite::server::shared_redis();
+    let store = kvstore::open(&format!("{}/0?namespace=open-test", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "redis");
+    let message = config_message(kvstore::open("redis://h:6379/notadb").await);
+    assert!(message.contains("database number"), "{message}");
+}
+
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn redis_url_without_the_feature_names_the_feature() {
+    let message = config_message(kvstore::open("redis://127.0.0.1:6379").await);
+    assert!(message.contains("`redis` feature"), "{message}");
+}

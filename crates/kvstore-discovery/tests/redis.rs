@@ -1,0 +1,38 @@
+//! Discovery on a real redis-server started by the test support.
+
+mod scenarios;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kvstore_core::{Result, Store};
+use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testsuite::Harness;
+use kvstore_testsuite::server::shared_redis;
+
+struct RedisHarness;
+
+#[async_trait]
+impl Harness for RedisHarness {
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Store>> {
+        let mut config = RedisConfig::new(shared_redis().url());
+        config.namespace = namespace.to_owned();
+        Ok(Arc::new(RedisStore::connect(config).await?))
+    }
+
+    /// The discovery scenarios never compact; the resync diff is tested on memory.
+    async fn compact(&self, _namespace: &str) -> Result<()> {
+        Err(kvstore_core::Error::Unsupported {
+            operation: "compact",
+            backend: "redis",
+        })
+    }
+}
+
+// The reaper runs every 250 ms, and a watch event takes a moment more.
+discovery_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    harness = RedisHarness,
+    slack = Duration::from_secs(1),
+}

@@ -1,0 +1,225 @@
+//! Fault tests against real redis-server processes: killed connections, trimmed
+//! history, a restart that loses the data, and timely TTL expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kvstore_core::{Error, KvPair, PutOptions, Store, WatchEvent, WatchFrom};
+use kvstore_redis::{RedisConfig, RedisStore, WATCH_CLIENT_NAME};
+use kvstore_testsuite::server::{RedisServer, free_port, shared_redis};
+use kvstore_testsuite::{WAIT, next_item, unique_namespace};
+
+async fn connect(url: String, namespace: &str) -> Arc<dyn Store> {
+    let mut config = RedisConfig::new(url);
+    config.namespace = namespace.to_owned();
+    Arc::new(RedisStore::connect(config).await.unwrap())
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Kill every watch connection (found by client name) on the server.
+async fn kill_watch_connections(url: &str) -> usize {
+    let mut connection = raw(url).await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let ids: Vec<String> = clients
+        .lines()
+        .filter(|line| line.contains(&format!(" name={WATCH_CLIENT_NAME} ")))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect();
+    for id in &ids {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    ids.len()
+}
+
+async fn put_retrying(store: &Arc<dyn Store>, key: &str, value: &str) -> KvPair {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match store
+            .put(key, Bytes::from(value.to_owned()), PutOptions::default())
+            .await
+        {
+            Ok(pair) => return pair,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("put {key} failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_watch_connection_loses_and_repeats_nothing() {
+    let url = shared_redis().url();
+    let store = connect(url.clone(), &unique_namespace()).await;
+    let mut events = store
+        .watch_prefix_events("jobs", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 0..60 {
+                written.push(put_retrying(&store, &format!("jobs/{i:02}"), "x").await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            written
+        })
+    };
+    let mut received = Vec::new();
+    let mut kills = 0;
+    while received.len() < 60 {
+        match next_item(&mut events, "job events").await {
+            WatchEvent::Put(pair) => received.push(pair),
+            other => panic!("expected a put, got {other:?}"),
+        }
+        if received.len() % 15 == 5 {
+            kills += kill_watch_connections(&url).await;
+        }
+    }
+    let written = writer.await.unwrap();
+    assert!(kills >= 3, "the watch connection was killed {kills} times");
+    assert_eq!(received, written, "every write once, in order");
+    let extra = futures::FutureExt::now_or_never(events.next());
+    assert!(extra.is_none(), "nothing is delivered twice: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_trimmed_past_the_watcher_yields_resync_with_the_current_state() {
+    let url = shared_redis().url();
+    let namespace = unique_namespace();
+    let store = connect(url.clone(), &namespace).await;
+    let mut events = store
+        .watch_prefix_events("cfg", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    let first = put_retrying(&store, "cfg/a", "1").await;
+    assert_eq!(
+        next_item(&mut events, "first").await,
+        WatchEvent::Put(first)
+    );
+
+    // Not polled while history moves on and is trimmed away.
+    put_retrying(&store, "cfg/b", "2").await;
+    store.delete("cfg/a").await.unwrap();
+    let stream_key = RedisStore::connect({
+        let mut c = RedisConfig::new(url.clone());
+        c.namespace = namespace.clone();
+        c
+    })
+    .await
+    .unwrap()
+    .stream_key();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&stream_key)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    let last = put_retrying(&store, "cfg/c", "3").await;
+
+    match next_item(&mut events, "resync").await {
+        WatchEvent::Resync(snapshot) => {
+            let keys: Vec<&str> = snapshot.pairs.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["cfg/b", "cfg/c"]);
+            assert!(snapshot.revision >= last.revision);
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    let live = put_retrying(&store, "cfg/d", "4").await;
+    assert_eq!(next_item(&mut events, "live").await, WatchEvent::Put(live));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_yields_resync_to_the_empty_state() {
+    let mut server = RedisServer::start().unwrap();
+    let store = connect(server.url(), &unique_namespace()).await;
+    put_retrying(&store, "svc/a", "1").await;
+    put_retrying(&store, "svc/b", "2").await;
+    let mut events = store
+        .watch_prefix_events("svc", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    match next_item(&mut events, "snapshot").await {
+        WatchEvent::Snapshot(s) => assert_eq!(s.pairs.len(), 2),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    server.kill();
+    server.restart().unwrap();
+    match next_item(&mut events, "resync after restart").await {
+        WatchEvent::Resync(snapshot) => assert!(snapshot.pairs.is_empty(), "{snapshot:?}"),
+        other => panic!("expected a resync to the empty state, got {other:?}"),
+    }
+    let fresh = put_retrying(&store, "svc/c", "3").await;
+    assert_eq!(
+        next_item(&mut events, "write after restart").await,
+        WatchEvent::Put(fresh)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_reaches_watchers_within_a_second_of_the_deadline() {
+    let store = connect(shared_redis().url(), &unique_namespace()).await;
+    let ttl = Duration::from_secs(2);
+    let mut states = store.watch("session").await.unwrap();
+    assert_eq!(next_item(&mut states, "current").await, None);
+    let written_at = std::time::Instant::now();
+    store
+        .put("session", Bytes::from("x"), PutOptions::with_ttl(ttl))
+        .await
+        .unwrap();
+    assert!(next_item(&mut states, "put").await.is_some());
+    assert_eq!(next_item(&mut states, "expiry").await, None);
+    let took = written_at.elapsed();
+    assert!(
+        took >= ttl - Duration::from_millis(50),
+        "expired early: {took:?}"
+    );
+    assert!(
+        took <= ttl + Duration::from_secs(1),
+        "expiry arrived {took:?} after the write"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_within_the_connect_timeout() {
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{}", free_port().unwrap()));
+    config.connect_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let result = RedisStore::connect(config).await;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -29,7 +29,7 @@
 mod open;
 
 pub use kvstore_core::*;
-pub use open::open;
+pub use open::{OpenOptions, open, open_with};
 
 /// The etcd v3 backend ([`kvstore_etcd`]).
 #[cfg(feature = "etcd")]

@@ -1,13 +1,31 @@
-//! [`open`]: a store from a URL.
+//! [`open`] and [`open_with`]: a store from a URL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvstore_core::{Error, Result, Store};
+
+/// Settings that override what a URL says, for programs (like `kvctl`) that take them
+/// as separate flags. Unset fields keep the URL's value or the backend's default.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Root of the store's keys (etcd: key prefix; Redis: hash tag; memory: prefix).
+    pub namespace: Option<String>,
+    /// Time allowed to reach the server (default 5 s).
+    pub connect_timeout: Option<Duration>,
+    /// Deadline of each request.
+    pub request_timeout: Option<Duration>,
+    /// Username and password (etcd authentication, Redis ACL).
+    pub credentials: Option<(String, String)>,
+    /// PEM CA certificate to trust for TLS (feature `tls`): etcd over https, `rediss://`.
+    pub ca_pem: Option<Vec<u8>>,
+}
 
 /// Open the store a URL names, as `Arc<dyn Store>`.
 ///
 /// - `memory://` — a new in-memory store; `?namespace=NAME` roots its keys.
-/// - `etcd://host:port[,host:port...][/namespace]` — etcd v3 (feature `etcd`).
+/// - `etcd://[user:password@]host:port[,host:port...][/namespace]` — etcd v3 (feature
+///   `etcd`).
 /// - `redis://[user:password@]host:port[/db][?namespace=NAME]` (or `rediss://` for
 ///   TLS) — Redis (feature `redis`).
 ///
@@ -16,13 +34,22 @@ use kvstore_core::{Error, Result, Store};
 /// is not compiled in, naming the problem; the backend's connection errors
 /// (`Unavailable`, `Auth`) otherwise.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// [`open`], with `options` overriding the URL.
+///
+/// # Errors
+/// As [`open`]; [`Error::Config`] for an option the backend cannot take (e.g. a CA
+/// certificate without the `tls` feature).
+pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let (scheme, _rest) = url.split_once("://").ok_or_else(|| Error::Config {
         message: format!("{url:?} is not a store URL: expected SCHEME://..., e.g. memory://"),
     })?;
     match scheme {
-        "memory" => open_memory(url),
-        "etcd" => open_etcd(url).await,
-        "redis" | "rediss" => open_redis(url).await,
+        "memory" => open_memory(url, options),
+        "etcd" => open_etcd(url, options).await,
+        "redis" | "rediss" => open_redis(url, options).await,
         other => Err(Error::Config {
             message: format!(
                 "unknown store scheme {other:?} in {url:?}: expected memory://, etcd:// or redis://"
@@ -40,31 +67,90 @@ fn feature_off(scheme: &str, feature: &str) -> Error {
     }
 }
 
+#[cfg(any(feature = "etcd", feature = "redis"))]
+fn tls_unavailable(options: &OpenOptions) -> Result<()> {
+    if options.ca_pem.is_some() && !cfg!(feature = "tls") {
+        return Err(Error::Config {
+            message: "a CA certificate needs the `tls` feature of the kvstore crate".into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(feature = "etcd")]
-async fn open_etcd(url: &str) -> Result<Arc<dyn Store>> {
-    let config = kvstore_etcd::EtcdConfig::from_url(url)?;
+async fn open_etcd(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    tls_unavailable(options)?;
+    let mut config = kvstore_etcd::EtcdConfig::from_url(url)?;
+    if let Some(namespace) = &options.namespace {
+        config.namespace = namespace.clone();
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    if let Some(timeout) = options.request_timeout {
+        config.request_timeout = timeout;
+    }
+    if let Some((username, password)) = &options.credentials {
+        config.credentials = Some(kvstore_etcd::Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        });
+    }
+    #[cfg(feature = "tls")]
+    if let Some(ca) = &options.ca_pem {
+        config.tls = Some(kvstore_etcd::TlsConfig {
+            ca_pem: ca.clone(),
+            ..Default::default()
+        });
+    }
     Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?))
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_url: &str) -> Result<Arc<dyn Store>> {
+async fn open_etcd(_url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
     Err(feature_off("etcd", "etcd"))
 }
 
 #[cfg(feature = "redis")]
-async fn open_redis(url: &str) -> Result<Arc<dyn Store>> {
-    let config = kvstore_redis::RedisConfig::from_url(url)?;
+async fn open_redis(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    tls_unavailable(options)?;
+    let mut config = kvstore_redis::RedisConfig::from_url(url)?;
+    if let Some(namespace) = &options.namespace {
+        config.namespace = namespace.clone();
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    if let Some(timeout) = options.request_timeout {
+        config.response_timeout = timeout;
+    }
+    if let Some((username, password)) = &options.credentials {
+        let mut parsed = url::Url::parse(&config.url).map_err(|e| Error::Config {
+            message: format!("invalid redis URL {url:?}: {e}"),
+        })?;
+        let refused = |_| Error::Config {
+            message: format!("redis URL {url:?} cannot carry credentials"),
+        };
+        parsed.set_username(username).map_err(refused)?;
+        parsed.set_password(Some(password)).map_err(refused)?;
+        config.url = parsed.to_string();
+    }
+    #[cfg(feature = "tls")]
+    if let Some(ca) = &options.ca_pem {
+        config.ca_pem = Some(ca.clone());
+    }
+    config.validate()?;
     Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn open_redis(url: &str) -> Result<Arc<dyn Store>> {
+async fn open_redis(url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once("://").map_or("redis", |(scheme, _)| scheme);
     Err(feature_off(scheme, "redis"))
 }
 
 #[cfg(feature = "memory")]
-fn open_memory(url: &str) -> Result<Arc<dyn Store>> {
+fn open_memory(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let parsed = url::Url::parse(url).map_err(|e| Error::Config {
         message: format!("malformed memory URL {url:?}: {e}"),
     })?;
@@ -84,10 +170,13 @@ fn open_memory(url: &str) -> Result<Arc<dyn Store>> {
             }
         }
     }
+    if let Some(namespace) = &options.namespace {
+        config.namespace = namespace.clone();
+    }
     Ok(Arc::new(kvstore_memory::MemoryStore::with_config(config)))
 }
 
 #[cfg(not(feature = "memory"))]
-fn open_memory(_url: &str) -> Result<Arc<dyn Store>> {
+fn open_memory(_url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
     Err(feature_off("memory", "memory"))
 }

@@ -137,8 +137,14 @@ pub async fn drain_marks_the_instance_draining(harness: &dyn Harness) {
         .register(instance("api", "b", 9002), harness.ttl())
         .await
         .unwrap();
-    while set.instances().len() < 2 {
-        next_change(&mut set, "registrations").await;
+    // Consume both additions, so the drain arrives as an update of a known instance.
+    let mut added = std::collections::BTreeSet::new();
+    while added.len() < 2 {
+        for change in next_change(&mut set, "registrations").await {
+            if let InstanceChange::Added { instance, .. } = change {
+                added.insert(instance.id);
+            }
+        }
     }
     draining.drain().await.unwrap();
     let changes = next_change(&mut set, "drain").await;

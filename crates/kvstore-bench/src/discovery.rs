@@ -1,0 +1,96 @@
+//! Discovery: register → visible to a watching consumer; resolve with 1,000 instances;
+//! memory used by 1,000 live registrations and 1,000 watchers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore::Store;
+use kvstore_discovery::{Discovery, Instance, InstanceChange, Registrar};
+
+use crate::measure::{Latency, latency};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// Time from calling `register` until a consumer watching
+/// the service reports the instance.
+pub async fn register_to_visible(store: &Arc<dyn Store>, samples: usize) -> Latency {
+    let mut set = Discovery::new(store.clone())
+        .watch("visible")
+        .await
+        .expect("watch");
+    let registrar = Registrar::new(store.clone());
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let started = Instant::now();
+        let registration = registrar
+            .register(
+                Instance::new("visible", format!("i{i}"), "127.0.0.1:1"),
+                TTL,
+            )
+            .await
+            .expect("register");
+        loop {
+            let changes = set.next_change().await.expect("changes");
+            if changes.iter().any(|c| matches!(c, InstanceChange::Added { instance, .. } if instance.id == format!("i{i}"))) {
+                break;
+            }
+        }
+        times.push(started.elapsed());
+        registration.deregister().await.expect("deregister");
+    }
+    latency(times)
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss() -> f64 {
+    let pages: f64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        .unwrap_or(0.0);
+    pages * 4096.0
+}
+
+/// Register `count` instances, time `resolve`, and measure the memory that the live
+/// registrations and `count` watchers hold. Returns (resolve latency, MiB for the
+/// registrations, MiB for the watchers).
+pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) {
+    let before = rss();
+    let registrar = Registrar::new(store.clone());
+    let mut registrations = Vec::with_capacity(count);
+    for i in 0..count {
+        registrations.push(
+            registrar
+                .register(
+                    Instance::new("scale", format!("i{i:04}"), "127.0.0.1:1"),
+                    TTL,
+                )
+                .await
+                .expect("register"),
+        );
+    }
+    let registered = rss();
+    let discovery = Discovery::new(store.clone());
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        let found = discovery.resolve("scale").await.expect("resolve");
+        times.push(started.elapsed());
+        assert_eq!(found.len(), count);
+    }
+    let mut sets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sets.push(discovery.watch("scale").await.expect("watch"));
+    }
+    let watching = rss();
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    drop(sets);
+    for registration in registrations {
+        registration.abandon();
+    }
+    store.delete_tree("services/scale").await.expect("cleanup");
+    (
+        latency(times),
+        mib(registered - before),
+        mib(watching - registered),
+    )
+}

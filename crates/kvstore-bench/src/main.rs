@@ -1,0 +1,349 @@
+//! `kvstore-bench`: the cost of the abstraction, measured against the raw etcd and Redis
+//! clients in the same run, on servers it starts itself (through the test support).
+//! Prints a markdown table and writes it, with the machine and server versions, to
+//! `BENCHMARKS.md`.
+//!
+//! Run: `cargo run --release -p kvstore-bench` (a few minutes).
+
+mod discovery;
+mod kv;
+mod lock;
+mod measure;
+mod memory;
+mod watch;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kvstore::Store;
+use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_memory::MemoryStore;
+use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testsuite::server::{EtcdServer, RedisServer};
+
+use crate::kv::Client;
+use crate::measure::{Row, Target, number};
+
+/// Measure kvstore against the raw clients and write BENCHMARKS.md.
+#[derive(Parser)]
+struct Args {
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+async fn etcd_store(server: &EtcdServer, namespace: &str) -> Result<Arc<dyn Store>, Failure> {
+    let mut config = EtcdConfig::new([server.address()]);
+    config.namespace = namespace.to_owned();
+    Ok(Arc::new(EtcdStore::connect(config).await?))
+}
+
+async fn redis_store(server: &RedisServer, namespace: &str) -> Result<Arc<dyn Store>, Failure> {
+    let mut config = RedisConfig::new(server.url());
+    config.namespace = namespace.to_owned();
+    Ok(Arc::new(RedisStore::connect(config).await?))
+}
+
+fn latency_rows(
+    rows: &mut Vec<Row>,
+    backend: &'static str,
+    metric: &str,
+    ours: measure::Latency,
+    raw: Option<measure::Latency>,
+    p99_target: Target,
+) {
+    rows.push(Row {
+        backend,
+        metric: format!("{metric} p50"),
+        unit: "µs",
+        ours: ours.p50,
+        raw: raw.map(|r| r.p50),
+        target: Target::None,
+    });
+    rows.push(Row {
+        backend,
+        metric: format!("{metric} p99"),
+        unit: "µs",
+        ours: ours.p99,
+        raw: raw.map(|r| r.p99),
+        target: p99_target,
+    });
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Failure> {
+    let args = Args::parse();
+    let etcd = EtcdServer::start()?;
+    let redis = RedisServer::start()?;
+    let mut rows = Vec::new();
+
+    eprintln!("memory store vs RwLock<BTreeMap> ...");
+    let (ours_get, base_get, ours_put, base_put) = memory::compare().await;
+    rows.push(Row {
+        backend: "memory",
+        metric: "get, ns per op (lower is better)".into(),
+        unit: "ns",
+        ours: ours_get,
+        raw: Some(base_get),
+        target: Target::AtMost(2.0),
+    });
+    rows.push(Row {
+        backend: "memory",
+        metric: "put, ns per op (lower is better)".into(),
+        unit: "ns",
+        ours: ours_put,
+        raw: Some(base_put),
+        target: Target::None,
+    });
+
+    eprintln!("etcd get/put/cas ...");
+    let etcd_ours = etcd_store(&etcd, "bench").await?;
+    let etcd_raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    rows.extend(
+        kv::compare(
+            "etcd",
+            Client::Ours(etcd_ours.clone()),
+            Client::Etcd(etcd_raw.clone()),
+            (0.9, 0.9),
+        )
+        .await,
+    );
+
+    eprintln!("redis get/put/cas ...");
+    let redis_ours = redis_store(&redis, "bench").await?;
+    let redis_raw = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    rows.extend(
+        kv::compare(
+            "redis",
+            Client::Ours(redis_ours.clone()),
+            Client::Redis(redis_raw),
+            (0.8, 0.5),
+        )
+        .await,
+    );
+
+    eprintln!("watch delivery ...");
+    let memory_store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    latency_rows(
+        &mut rows,
+        "memory",
+        "watch delivery",
+        watch::ours(&memory_store).await,
+        None,
+        Target::Under(1000.0),
+    );
+    let ours_watch = watch::ours(&etcd_ours).await;
+    let raw_watch = watch::raw_etcd(&etcd_raw).await;
+    latency_rows(
+        &mut rows,
+        "etcd",
+        "watch delivery",
+        ours_watch,
+        Some(raw_watch),
+        Target::AtMost(1.2),
+    );
+    latency_rows(
+        &mut rows,
+        "redis",
+        "watch delivery",
+        watch::ours(&redis_ours).await,
+        None,
+        Target::None,
+    );
+
+    eprintln!("watch fan-out to 1,000 watchers ...");
+    let fan_memory = watch::fan_out(std::slice::from_ref(&memory_store), 1000).await;
+    rows.push(Row {
+        backend: "memory",
+        metric: "fan-out: 1,000 watchers, one put, last one has it".into(),
+        unit: "ms",
+        ours: millis(fan_memory),
+        raw: None,
+        target: Target::Under(100.0),
+    });
+    let fan_etcd = watch::fan_out(std::slice::from_ref(&etcd_ours), 1000).await;
+    rows.push(Row {
+        backend: "etcd",
+        metric: "fan-out: 1,000 watchers, one put, last one has it".into(),
+        unit: "ms",
+        ours: millis(fan_etcd),
+        raw: None,
+        target: Target::Under(100.0),
+    });
+    let fan_redis = watch::fan_out(std::slice::from_ref(&redis_ours), 1000).await;
+    rows.push(Row {
+        backend: "redis",
+        metric: "fan-out: 1,000 watchers, one put, last one has it".into(),
+        unit: "ms",
+        ours: millis(fan_redis),
+        raw: None,
+        target: Target::None,
+    });
+
+    eprintln!("discovery ...");
+    for (backend, store) in [
+        ("memory", memory_store.clone()),
+        ("etcd", etcd_ours.clone()),
+        ("redis", redis_ours.clone()),
+    ] {
+        let visible = discovery::register_to_visible(&store, 200).await;
+        latency_rows(
+            &mut rows,
+            backend,
+            "discovery: register → visible to a watcher",
+            visible,
+            None,
+            Target::None,
+        );
+        let (resolve, registrations_mib, watchers_mib) = discovery::scale(&store, 1000).await;
+        rows.push(Row {
+            backend,
+            metric: "discovery: resolve with 1,000 instances, p50".into(),
+            unit: "µs",
+            ours: resolve.p50,
+            raw: None,
+            target: Target::None,
+        });
+        rows.push(Row {
+            backend,
+            metric: "discovery: memory of 1,000 live registrations".into(),
+            unit: "MiB",
+            ours: registrations_mib,
+            raw: None,
+            target: Target::None,
+        });
+        rows.push(Row {
+            backend,
+            metric: "discovery: memory of 1,000 watchers".into(),
+            unit: "MiB",
+            ours: watchers_mib,
+            raw: None,
+            target: Target::None,
+        });
+    }
+
+    eprintln!("locks under contention ...");
+    let lock_stores = vec![
+        etcd_ours.clone(),
+        etcd_store(&etcd, "bench").await?,
+        etcd_store(&etcd, "bench").await?,
+        etcd_store(&etcd, "bench").await?,
+    ];
+    let ours_lock = lock::ours(&lock_stores).await;
+    let raw_lock = lock::raw_etcd(&etcd_raw).await;
+    rows.push(Row {
+        backend: "etcd",
+        metric: "lock acquire+release, 4 tasks contending".into(),
+        unit: "ops/s",
+        ours: ours_lock,
+        raw: Some(raw_lock),
+        target: Target::None,
+    });
+    let redis_lock_stores = vec![
+        redis_ours.clone(),
+        redis_store(&redis, "bench").await?,
+        redis_store(&redis, "bench").await?,
+        redis_store(&redis, "bench").await?,
+    ];
+    rows.push(Row {
+        backend: "redis",
+        metric: "lock acquire+release, 4 tasks contending".into(),
+        unit: "ops/s",
+        ours: lock::ours(&redis_lock_stores).await,
+        raw: None,
+        target: Target::None,
+    });
+
+    let report = render(&rows, &etcd, &redis);
+    println!("{report}");
+    std::fs::write(&args.output, report)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb / 1024.0 / 1024.0)
+        });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cores} cores ({cpu}), {memory} memory")
+}
+
+fn render(rows: &[Row], _etcd: &EtcdServer, _redis: &RedisServer) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Produced by `cargo run --release -p kvstore-bench` on this codebase: our store and the raw client doing the same work in the same run, against servers the benchmark started on loopback. Throughputs are the median of 3 rounds; latencies are percentiles of 500–1,500 sequential requests.\n"
+    );
+    let _ = writeln!(out, "- Machine: {}", machine());
+    let _ = writeln!(out, "- etcd: {}", first_line("etcd", &["--version"]));
+    let _ = writeln!(
+        out,
+        "- Redis: {}",
+        first_line("redis-server", &["--version"])
+    );
+    let _ = writeln!(
+        out,
+        "- Values: {} bytes; raw Redis CAS is `SET NX`, raw etcd CAS a `Txn` on `CreateRevision == 0` (ours: `atomic_put(.., None, ..)`).\n",
+        kv::VALUE_SIZE
+    );
+    let _ = writeln!(
+        out,
+        "| backend | measurement | ours | raw | unit | ours/raw | target | |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---|---:|---|---|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.backend,
+            row.metric,
+            number(row.ours),
+            row.raw.map(number).unwrap_or_default(),
+            row.unit,
+            row.ratio().map(|r| format!("{r:.2}")).unwrap_or_default(),
+            row.target_text(),
+            row.verdict(),
+        );
+    }
+    out
+}

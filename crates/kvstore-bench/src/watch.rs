@@ -1,0 +1,108 @@
+//! Watch delivery latency (put → watcher receives it) and fan-out to 1,000 watchers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kvstore::{PutOptions, Store, WatchEvent, WatchFrom};
+
+use crate::measure::{Latency, latency};
+
+const SAMPLES: usize = 500;
+
+/// Put a key and time until our own prefix watch delivers it, `SAMPLES` times.
+pub async fn ours(store: &Arc<dyn Store>) -> Latency {
+    let mut events = store
+        .watch_prefix_events("w", WatchFrom::Snapshot)
+        .await
+        .expect("watch");
+    events.next().await;
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let started = Instant::now();
+        store
+            .put(
+                &format!("w/{}", i % 10),
+                Bytes::from_static(b"x"),
+                PutOptions::default(),
+            )
+            .await
+            .expect("put");
+        loop {
+            if let Some(Ok(WatchEvent::Put(_))) = events.next().await {
+                break;
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    latency(samples)
+}
+
+/// The same with etcd's own watch and put.
+pub async fn raw_etcd(client: &etcd_client::Client) -> Latency {
+    let mut client = client.clone();
+    let mut watch = client
+        .watch(
+            "raw-watch/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await
+        .expect("raw watch");
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let started = Instant::now();
+        client
+            .put(format!("raw-watch/{}", i % 10), "x", None)
+            .await
+            .expect("raw put");
+        loop {
+            let response = watch
+                .message()
+                .await
+                .expect("raw watch message")
+                .expect("open");
+            if !response.events().is_empty() {
+                break;
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    latency(samples)
+}
+
+/// Start `watchers` prefix watches, put one key, and time until the last one has it.
+pub async fn fan_out(stores: &[Arc<dyn Store>], watchers: usize) -> Duration {
+    let mut streams = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let store = &stores[i % stores.len()];
+        let mut events = store
+            .watch_prefix_events("fan", WatchFrom::Snapshot)
+            .await
+            .expect("watch");
+        events.next().await;
+        streams.push(events);
+    }
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for mut events in streams {
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let Ok(WatchEvent::Put(_)) = event {
+                    let _ = done.send(Instant::now());
+                    break;
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    stores[0]
+        .put("fan/out", Bytes::from_static(b"x"), PutOptions::default())
+        .await
+        .expect("put");
+    let mut last = started;
+    for _ in 0..watchers {
+        last = last.max(finished.recv().await.expect("every watcher reports"));
+    }
+    last - started
+}

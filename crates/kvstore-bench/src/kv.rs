@@ -17,7 +17,7 @@ pub const KEYS: usize = 1000;
 #[derive(Clone)]
 pub enum Client {
     Ours(Arc<dyn Store>),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
     Redis(redis::aio::MultiplexedConnection),
 }
 

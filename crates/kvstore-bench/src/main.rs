@@ -113,7 +113,7 @@ async fn main() -> Result<(), Failure> {
         kv::compare(
             "etcd",
             Client::Ours(etcd_ours.clone()),
-            Client::Etcd(etcd_raw.clone()),
+            Client::Etcd(Box::new(etcd_raw.clone())),
             (0.9, 0.9),
         )
         .await,

@@ -48,7 +48,7 @@ where
 {
     let started = Instant::now();
     futures::stream::iter(0..count)
-        .for_each_concurrent(in_flight, |i| op(i))
+        .for_each_concurrent(in_flight, op)
         .await;
     count as f64 / started.elapsed().as_secs_f64()
 }

@@ -39,9 +39,11 @@ mod capabilities;
 mod error;
 mod key;
 mod lease;
+mod lifecycle;
 mod lock;
 mod options;
 mod pair;
+pub mod retry;
 mod store;
 mod watch;
 
@@ -50,8 +52,12 @@ pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, MAX_KEY_LEN, Prefix};
 pub use lease::{Lease, LeaseGrant, LeaseId, LeaseLoss};
+pub use lifecycle::Lifecycle;
 pub use lock::{LockGuard, Locker};
 pub use options::{DEFAULT_LOCK_TTL, LockOptions, PutOptions};
 pub use pair::KvPair;
 pub use store::Store;
-pub use watch::{EventBatchStream, Snapshot, WatchEvent, WatchFrom, WatchTarget};
+pub use watch::{
+    EventBatchStream, RESUME_MAX_DELAY, RESUME_MIN_DELAY, Snapshot, WatchEvent, WatchFrom,
+    WatchSource, WatchTarget, resuming,
+};

@@ -150,3 +150,67 @@ fn apply(state: &mut BTreeMap<String, KvPair>, event: WatchEvent) {
         }
     }
 }
+
+/// One backend's watch connection, driven by [`resuming`]: each step reads a snapshot,
+/// (re)connects, or reads one response.
+#[async_trait::async_trait]
+pub trait WatchSource: Send + 'static {
+    /// One step. `Ok(Some(batch))` is delivered; `Ok(None)` is progress with nothing to
+    /// deliver yet; `Err` means the connection failed: [`resuming`] calls
+    /// [`WatchSource::reset`], waits with backoff and steps again, resuming after the
+    /// last delivered revision.
+    async fn step(&mut self) -> Result<Option<Vec<WatchEvent>>>;
+
+    /// Forget the broken connection and anything partly read, keeping the position.
+    fn reset(&mut self);
+}
+
+/// First delay before resuming a failed watch.
+pub const RESUME_MIN_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest delay between attempts to resume a failed watch.
+pub const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The stream of a [`WatchSource`] that never ends on a connection failure: it resumes
+/// with jittered backoff ([`RESUME_MIN_DELAY`] to [`RESUME_MAX_DELAY`]) and ends only
+/// when dropped or when `shutdown` is cancelled (the store closed). Authentication
+/// failures are yielded as `Err` items (CONTRACT §5), and resuming goes on, since
+/// credentials may be restored.
+pub fn resuming<S: WatchSource>(
+    source: S,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> EventBatchStream {
+    let delays: Box<dyn Iterator<Item = std::time::Duration> + Send + Sync> =
+        Box::new(crate::retry::backoff(RESUME_MIN_DELAY, RESUME_MAX_DELAY));
+    stream::unfold((source, delays), move |(mut source, mut delays)| {
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                let step = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    step = source.step() => step,
+                };
+                match step {
+                    Ok(Some(batch)) => {
+                        delays =
+                            Box::new(crate::retry::backoff(RESUME_MIN_DELAY, RESUME_MAX_DELAY));
+                        return Some((Ok(batch), (source, delays)));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "watch failed; resuming");
+                        source.reset();
+                        let delay = delays.next().unwrap_or(RESUME_MAX_DELAY);
+                        tokio::select! {
+                            () = shutdown.cancelled() => return None,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        if matches!(error, crate::Error::Auth { .. }) {
+                            return Some((Err(error), (source, delays)));
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{Error, Key, Lease, LeaseId, PutOptions, Result, Store};
@@ -27,15 +26,6 @@ use crate::instance::{Instance, Status};
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
 /// Longest delay between attempts to register again.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
-
-fn backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN_DELAY)
-        .with_max_delay(RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 /// Where a registration stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +281,7 @@ impl Guard {
 
     /// Register on a new lease, retrying forever; `None` when told to stop meanwhile.
     async fn reregister(&mut self, reason: String) -> Option<Lease> {
-        let mut delays = backoff();
+        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
         let mut attempt = 0;
         let mut reason = reason;
         loop {

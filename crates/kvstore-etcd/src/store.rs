@@ -1,9 +1,7 @@
 //! [`EtcdStore`]: the contract's primitives as etcd v3 requests.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +12,7 @@ use etcd_client::{
 };
 use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Prefix, Result, WatchFrom, WatchTarget,
+    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +31,6 @@ const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// collide with it, and the range `{namespace}/…` never includes it.
 const LOCK_AREA_SUFFIX: &str = "\u{1}locks";
 
-/// State shared by every clone of one connection.
-struct Shared {
-    closed: AtomicBool,
-    shutdown: CancellationToken,
-    /// Leases granted through this connection and not detached: revoked on close.
-    leases: Mutex<HashSet<i64>>,
-}
-
 /// A store on etcd v3. Cloning gives another handle on the same connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -49,7 +39,7 @@ pub struct EtcdStore {
     pub(crate) root: Arc<str>,
     namespace: Arc<str>,
     config: Arc<EtcdConfig>,
-    shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -122,11 +112,7 @@ impl EtcdStore {
             root: format!("{namespace}/").into(),
             namespace,
             config: Arc::new(config),
-            shared: Arc::new(Shared {
-                closed: AtomicBool::new(false),
-                shutdown: CancellationToken::new(),
-                leases: Mutex::new(HashSet::new()),
-            }),
+            lifecycle: Arc::new(Lifecycle::new()),
         })
     }
 
@@ -141,14 +127,7 @@ impl EtcdStore {
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
-        &self.shared.shutdown
-    }
-
-    fn tracked_leases(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
-        self.shared
-            .leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.lifecycle.shutdown()
     }
 
     /// Run one request made by `request` on a client: `Closed` after shutdown, `Timeout`
@@ -163,9 +142,7 @@ impl EtcdStore {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
+        self.lifecycle.ensure_open(BACKEND)?;
         let attempts = async {
             let mut attempt = 0;
             loop {
@@ -447,7 +424,7 @@ impl Backend for EtcdStore {
                 client.lease_grant(seconds, None).await
             })
             .await?;
-        self.tracked_leases().insert(response.id());
+        self.lifecycle.track_lease(LeaseId(response.id()));
         Ok(LeaseGrant {
             id: LeaseId(response.id()),
             ttl: Duration::from_secs(revision(response.ttl())),
@@ -455,7 +432,7 @@ impl Backend for EtcdStore {
     }
 
     fn lease_detach(&self, lease: LeaseId) {
-        self.tracked_leases().remove(&lease.0);
+        self.lifecycle.forget_lease(lease);
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
@@ -484,7 +461,7 @@ impl Backend for EtcdStore {
                 client.lease_revoke(lease.0).await
             })
             .await;
-        self.tracked_leases().remove(&lease.0);
+        self.lifecycle.forget_lease(lease);
         match outcome {
             Ok(_) | Err(Error::LeaseLost { .. }) => Ok(()),
             Err(other) => Err(other),
@@ -492,25 +469,18 @@ impl Backend for EtcdStore {
     }
 
     async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
+        self.lifecycle.ensure_open(BACKEND)?;
         Ok(crate::watch::subscribe(self.clone(), target, from))
     }
 
     async fn shutdown(&self) -> Result<()> {
-        let leases: Vec<i64> = self.tracked_leases().drain().collect();
-        let mut client = self.client.clone();
-        for lease in leases {
+        for lease in self.lifecycle.take_leases() {
             // Best effort: an unrevoked lease still expires after its TTL.
-            let revoke = client.lease_revoke(lease);
-            if let Ok(Err(error)) = tokio::time::timeout(self.config.request_timeout, revoke).await
-            {
-                tracing::debug!(lease, %error, "revoke on close failed; the lease will expire");
+            if let Err(error) = self.lease_revoke(lease).await {
+                tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
             }
         }
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
+        self.lifecycle.close();
         Ok(())
     }
 }

@@ -4,27 +4,14 @@
 //! etcd reports the start revision compacted, read the current state and yield it as a
 //! `Resync`.
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use async_trait::async_trait;
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
-use futures::StreamExt;
-use kvstore_core::{Error, EventBatchStream, Result, Snapshot, WatchEvent, WatchFrom, WatchTarget};
-use std::time::Duration;
+use kvstore_core::{
+    Error, EventBatchStream, Result, Snapshot, WatchEvent, WatchFrom, WatchSource, WatchTarget,
+    resuming,
+};
 
 use crate::store::{EtcdStore, revision};
-
-/// First delay before re-creating a failed watch.
-const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
-/// Longest delay between attempts to re-create a failed watch.
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(3);
-
-fn backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN_DELAY)
-        .with_max_delay(RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 struct Watcher {
     store: EtcdStore,
@@ -34,7 +21,6 @@ struct Watcher {
     /// The first revision not yet delivered.
     next: u64,
     stream: Option<WatchStream>,
-    retry: ExponentialBackoff,
 }
 
 #[derive(PartialEq)]
@@ -53,61 +39,19 @@ pub(crate) fn subscribe(
         WatchFrom::Snapshot => (Start::Snapshot, 0),
         WatchFrom::After(revision) => (Start::Events, revision + 1),
     };
+    let shutdown = store.shutdown_token().clone();
     let watcher = Watcher {
         store,
         target,
         start,
         next,
         stream: None,
-        retry: backoff(),
     };
-    futures::stream::unfold(watcher, |mut watcher| async move {
-        let batch = watcher.next_batch().await?;
-        Some((batch, watcher))
-    })
-    .boxed()
+    resuming(watcher, shutdown)
 }
 
-impl Watcher {
-    /// The next batch, or `None` once the store is closed.
-    async fn next_batch(&mut self) -> Option<Result<Vec<WatchEvent>>> {
-        let shutdown = self.store.shutdown_token().clone();
-        loop {
-            if shutdown.is_cancelled() {
-                return None;
-            }
-            let attempt = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                attempt = self.step() => attempt,
-            };
-            match attempt {
-                Ok(Some(batch)) => {
-                    self.retry = backoff();
-                    return Some(Ok(batch));
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    self.stream = None;
-                    let unrecoverable = matches!(error, Error::Auth { .. });
-                    tracing::debug!(%error, next = self.next, "etcd watch failed; resuming");
-                    let delay = self.retry.next().unwrap_or(RETRY_MAX_DELAY);
-                    if unrecoverable {
-                        // Say so, then keep trying: credentials may be restored.
-                        tokio::select! {
-                            () = shutdown.cancelled() => return None,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                        return Some(Err(error));
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    }
-
+#[async_trait]
+impl WatchSource for Watcher {
     /// One step: a snapshot, a (re)connect, or one response. `Ok(None)` means nothing
     /// to deliver yet.
     async fn step(&mut self) -> Result<Option<Vec<WatchEvent>>> {
@@ -147,6 +91,12 @@ impl Watcher {
         }
     }
 
+    fn reset(&mut self) {
+        self.stream = None;
+    }
+}
+
+impl Watcher {
     async fn open(&self) -> Result<WatchStream> {
         let start = i64::try_from(self.next).unwrap_or(i64::MAX);
         let (key, options) = match &self.target {

@@ -1,15 +1,13 @@
 //! [`RedisStore`]: the contract's primitives as Lua scripts on Redis.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Prefix, Result, WatchFrom, WatchTarget,
+    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Script, Value};
@@ -28,14 +26,6 @@ pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
 const USER_AREA: &str = "kv";
 const LOCK_AREA: &str = "lock";
 
-/// State shared by every clone of one connection.
-struct Shared {
-    closed: AtomicBool,
-    shutdown: CancellationToken,
-    /// Leases granted through this connection and not detached: revoked on close.
-    leases: Mutex<HashSet<i64>>,
-}
-
 /// A store on Redis. Cloning gives another handle on the same connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -46,7 +36,7 @@ pub struct RedisStore {
     /// `{namespace}:rev`, the first key of every script.
     pub(crate) revision_key: Arc<str>,
     pub(crate) area: &'static str,
-    shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -101,11 +91,6 @@ impl RedisStore {
                 message: format!("redis did not answer within {timeout:?}"),
                 source: None,
             })??;
-        let shared = Arc::new(Shared {
-            closed: AtomicBool::new(false),
-            shutdown: CancellationToken::new(),
-            leases: Mutex::new(HashSet::new()),
-        });
         let store = RedisStore {
             client,
             connection,
@@ -113,32 +98,18 @@ impl RedisStore {
             config: Arc::new(config),
             scripts: Arc::new(Scripts::new()),
             area: USER_AREA,
-            shared,
+            lifecycle: Arc::new(Lifecycle::new()),
         };
-        tokio::spawn(reap_periodically(
-            store.clone_detached(),
-            Arc::downgrade(&store.shared),
-        ));
+        let reaper = Reaper {
+            connection: store.connection.clone(),
+            scripts: store.scripts.clone(),
+            revision_key: store.revision_key.clone(),
+            config: store.config.clone(),
+            shutdown: store.lifecycle.shutdown().clone(),
+            alive: Arc::downgrade(&store.lifecycle),
+        };
+        tokio::spawn(reaper.run());
         Ok(store)
-    }
-
-    /// A handle for the reaper that does not keep the shared state alive.
-    fn clone_detached(
-        &self,
-    ) -> (
-        ConnectionManager,
-        Arc<Scripts>,
-        Arc<str>,
-        Arc<RedisConfig>,
-        CancellationToken,
-    ) {
-        (
-            self.connection.clone(),
-            self.scripts.clone(),
-            self.revision_key.clone(),
-            self.config.clone(),
-            self.shared.shutdown.clone(),
-        )
     }
 
     /// The Redis key (a hash) holding `key`: `{namespace}:kv:k:{key}`. Read it with
@@ -153,11 +124,7 @@ impl RedisStore {
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
-        &self.shared.shutdown
-    }
-
-    fn tracked_leases(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
-        self.shared.leases.lock().unwrap_or_else(|p| p.into_inner())
+        self.lifecycle.shutdown()
     }
 
     /// Run `script` with the common arguments then `args`.
@@ -167,9 +134,7 @@ impl RedisStore {
         script: &Script,
         args: &[&[u8]],
     ) -> Result<Value> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
+        self.lifecycle.ensure_open(BACKEND)?;
         run_script(
             &mut self.connection.clone(),
             script,
@@ -270,38 +235,42 @@ async fn run_script(
         .map_err(|e| from_redis(operation, e, config.response_timeout))
 }
 
-/// Expire due leases every [`REAP_INTERVAL`] until the store is closed or dropped.
-async fn reap_periodically(
-    (mut connection, scripts, revision_key, config, shutdown): (
-        ConnectionManager,
-        Arc<Scripts>,
-        Arc<str>,
-        Arc<RedisConfig>,
-        CancellationToken,
-    ),
-    alive: Weak<Shared>,
-) {
-    let mut ticks = tokio::time::interval(REAP_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        if alive.strong_count() == 0 {
-            return;
-        }
-        if let Err(error) = run_script(
-            &mut connection,
-            &scripts.reap,
-            &revision_key,
-            &config,
-            "reap",
-            &[],
-        )
-        .await
-        {
-            tracing::debug!(%error, "lease reaper failed; retrying");
+/// Expires due leases every [`REAP_INTERVAL`], so watchers see expiry even when nobody
+/// reads. It holds no strong reference to the handle's lifecycle: it ends when the
+/// store is closed or its last handle dropped.
+struct Reaper {
+    connection: ConnectionManager,
+    scripts: Arc<Scripts>,
+    revision_key: Arc<str>,
+    config: Arc<RedisConfig>,
+    shutdown: CancellationToken,
+    alive: Weak<Lifecycle>,
+}
+
+impl Reaper {
+    async fn run(mut self) {
+        let mut ticks = tokio::time::interval(REAP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if self.alive.strong_count() == 0 {
+                return;
+            }
+            let reaped = run_script(
+                &mut self.connection,
+                &self.scripts.reap,
+                &self.revision_key,
+                &self.config,
+                "reap",
+                &[],
+            )
+            .await;
+            if let Err(error) = reaped {
+                tracing::debug!(%error, "lease reaper failed; retrying");
+            }
         }
     }
 }
@@ -481,7 +450,7 @@ impl Backend for RedisStore {
         let id = reply
             .int()
             .ok_or_else(|| unexpected("grant_lease", format!("unexpected reply {reply:?}")))?;
-        self.tracked_leases().insert(id);
+        self.lifecycle.track_lease(LeaseId(id));
         Ok(LeaseGrant {
             id: LeaseId(id),
             ttl: Duration::from_millis(millis),
@@ -489,7 +458,7 @@ impl Backend for RedisStore {
     }
 
     fn lease_detach(&self, lease: LeaseId) {
-        self.tracked_leases().remove(&lease.0);
+        self.lifecycle.forget_lease(lease);
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
@@ -520,34 +489,23 @@ impl Backend for RedisStore {
             &[lease.0.to_string().as_bytes()],
         )
         .await?;
-        self.tracked_leases().remove(&lease.0);
+        self.lifecycle.forget_lease(lease);
         Ok(())
     }
 
     async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed { backend: BACKEND });
-        }
+        self.lifecycle.ensure_open(BACKEND)?;
         Ok(crate::watch::subscribe(self.clone(), target, from))
     }
 
     async fn shutdown(&self) -> Result<()> {
-        let leases: Vec<i64> = self.tracked_leases().drain().collect();
-        for lease in leases {
+        for lease in self.lifecycle.take_leases() {
             // Best effort: an unrevoked lease still expires after its TTL.
-            if let Err(error) = self
-                .run(
-                    "revoke_lease",
-                    &self.scripts.lease_revoke,
-                    &[lease.to_string().as_bytes()],
-                )
-                .await
-            {
-                tracing::debug!(lease, %error, "revoke on close failed; the lease will expire");
+            if let Err(error) = self.lease_revoke(lease).await {
+                tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
             }
         }
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
+        self.lifecycle.close();
         Ok(())
     }
 }

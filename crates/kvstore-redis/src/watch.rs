@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use kvstore_core::{
-    Error, EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchTarget,
+    EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchSource,
+    WatchTarget, resuming,
 };
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
@@ -28,21 +28,8 @@ use crate::store::RedisStore;
 const BLOCK: Duration = Duration::from_secs(2);
 /// Most stream entries read at once.
 const READ_COUNT: usize = 1000;
-/// First delay before reconnecting a failed watch.
-const RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
-/// Longest delay between attempts to reconnect.
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 /// The client name of watch connections, as `CLIENT LIST` shows it.
 pub const WATCH_CLIENT_NAME: &str = "kvstore-watch";
-
-fn backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN_DELAY)
-        .with_max_delay(RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Start {
@@ -73,7 +60,6 @@ struct Watcher {
     connection: Option<MultiplexedConnection>,
     /// Whether the history after `position` was checked since the last (re)connect.
     checked: bool,
-    retry: ExponentialBackoff,
 }
 
 pub(crate) fn subscribe(
@@ -95,13 +81,9 @@ pub(crate) fn subscribe(
         last_id: after_revision(position),
         connection: None,
         checked: false,
-        retry: backoff(),
     };
-    futures::stream::unfold(watcher, |mut watcher| async move {
-        let batch = watcher.next_batch().await?;
-        Some((batch, watcher))
-    })
-    .boxed()
+    let shutdown = watcher.store.shutdown_token().clone();
+    resuming(watcher, shutdown)
 }
 
 /// The stream id just after every entry of `revision`.
@@ -109,38 +91,10 @@ fn after_revision(revision: u64) -> String {
     format!("{revision}-{}", u64::MAX)
 }
 
-impl Watcher {
-    async fn next_batch(&mut self) -> Option<Result<Vec<WatchEvent>>> {
-        let shutdown = self.store.shutdown_token().clone();
-        loop {
-            let step = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                step = self.step() => step,
-            };
-            match step {
-                Ok(Some(batch)) => {
-                    self.retry = backoff();
-                    return Some(Ok(batch));
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::debug!(%error, position = self.position, "redis watch failed; resuming");
-                    self.reset_connection();
-                    let delay = self.retry.next().unwrap_or(RETRY_MAX_DELAY);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    if matches!(error, Error::Auth { .. }) {
-                        return Some(Err(error));
-                    }
-                }
-            }
-        }
-    }
-
+#[async_trait]
+impl WatchSource for Watcher {
     /// Forget the connection and any partly read revision; resume after `position`.
-    fn reset_connection(&mut self) {
+    fn reset(&mut self) {
         self.connection = None;
         self.checked = false;
         self.pending.clear();
@@ -161,7 +115,9 @@ impl Watcher {
         }
         self.read().await
     }
+}
 
+impl Watcher {
     async fn snapshot(&mut self) -> Result<Vec<WatchEvent>> {
         let read = self.store.read(&self.target).await?;
         self.position = read.revision;

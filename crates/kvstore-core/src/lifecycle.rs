@@ -1,0 +1,71 @@
+//! [`Lifecycle`]: the open/closed state a backend handle shares with its clones and its
+//! background tasks, and the leases it must revoke when closed (CONTRACT §3 `close`).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseId;
+
+/// Shared by every clone of one backend connection.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    closed: AtomicBool,
+    shutdown: CancellationToken,
+    leases: Mutex<HashSet<LeaseId>>,
+}
+
+impl Lifecycle {
+    /// An open lifecycle with no leases.
+    pub fn new() -> Lifecycle {
+        Lifecycle::default()
+    }
+
+    /// `Ok` while open.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] naming `backend` after [`Lifecycle::close`].
+    pub fn ensure_open(&self, backend: &'static str) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed { backend })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Cancelled when the handle closes: background loops select on it to stop.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Remember a lease this handle granted, to revoke it on close.
+    pub fn track_lease(&self, lease: LeaseId) {
+        self.leases().insert(lease);
+    }
+
+    /// Forget a lease (revoked, or detached to outlive the handle).
+    pub fn forget_lease(&self, lease: LeaseId) {
+        self.leases().remove(&lease);
+    }
+
+    /// Take every tracked lease, for revoking on close.
+    pub fn take_leases(&self) -> Vec<LeaseId> {
+        self.leases().drain().collect()
+    }
+
+    /// Mark closed and stop background loops.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.shutdown.cancel();
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<LeaseId>> {
+        // Every critical section is a single set operation: a poisoned set is intact.
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -41,20 +41,17 @@ pub async fn register_to_visible(store: &Arc<dyn Store>, samples: usize) -> Late
     latency(times)
 }
 
-/// Resident set size of this process, in bytes.
-pub fn rss() -> f64 {
-    let pages: f64 = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
-        .unwrap_or(0.0);
-    pages * 4096.0
+/// Heap bytes held now (the benchmark's allocator counts them).
+fn held() -> f64 {
+    crate::allocator::live_bytes()
 }
 
-/// Register `count` instances, time `resolve`, and measure the memory that the live
-/// registrations and `count` watchers hold. Returns (resolve latency, MiB for the
+/// Register `count` instances, time `resolve`, and measure the client heap that the live
+/// registrations and `count` watchers of the service hold (for the memory backend this
+/// includes the stored records). Returns (resolve latency, MiB for the
 /// registrations, MiB for the watchers).
 pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) {
-    let before = rss();
+    let before = held();
     let registrar = Registrar::new(store.clone());
     let mut registrations = Vec::with_capacity(count);
     for i in 0..count {
@@ -68,7 +65,7 @@ pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) 
                 .expect("register"),
         );
     }
-    let registered = rss();
+    let registered = held();
     let discovery = Discovery::new(store.clone());
     let mut times = Vec::new();
     for _ in 0..30 {
@@ -81,7 +78,7 @@ pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) 
     for _ in 0..count {
         sets.push(discovery.watch("scale").await.expect("watch"));
     }
-    let watching = rss();
+    let watching = held();
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     drop(sets);
     for registration in registrations {

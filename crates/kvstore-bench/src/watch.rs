@@ -106,3 +106,38 @@ pub async fn fan_out(stores: &[Arc<dyn Store>], watchers: usize) -> Duration {
     }
     last - started
 }
+
+/// The same with raw etcd watches: `watchers` watch streams on one prefix.
+pub async fn fan_out_raw_etcd(client: &etcd_client::Client, watchers: usize) -> Duration {
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..watchers {
+        let mut stream = client
+            .clone()
+            .watch(
+                "raw-fan/",
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await
+            .expect("raw watch");
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(response)) = stream.message().await {
+                if !response.events().is_empty() {
+                    let _ = done.send(Instant::now());
+                    break;
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    client
+        .clone()
+        .put("raw-fan/out", "x", None)
+        .await
+        .expect("raw put");
+    let mut last = started;
+    for _ in 0..watchers {
+        last = last.max(finished.recv().await.expect("every watcher reports"));
+    }
+    last - started
+}

@@ -52,11 +52,13 @@ pub enum InstanceChange {
     },
 }
 
-/// The instances of a service at one store revision, keyed by instance id.
+/// The instances of a service at one store revision, keyed by instance id, with the
+/// revision of each record. Records are shared (`Arc`), so the copy a change makes of a
+/// view that a consumer still holds copies pointers, not records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct View {
     revision: u64,
-    instances: BTreeMap<String, (Instance, u64)>,
+    instances: BTreeMap<String, (Arc<Instance>, u64)>,
 }
 
 impl View {
@@ -85,13 +87,13 @@ impl View {
 
 /// An instance from its record, keyed by id; malformed records are skipped with a
 /// warning (a consumer must not fail because one provider wrote garbage).
-fn decode(pair: &KvPair, prefix_len: usize) -> Option<(String, (Instance, u64))> {
+fn decode(pair: &KvPair, prefix_len: usize) -> Option<(String, (Arc<Instance>, u64))> {
     let id = pair.key.get(prefix_len..)?;
     if id.contains('/') {
         return None;
     }
     match Instance::from_json(&pair.value) {
-        Ok(instance) => Some((id.to_owned(), (instance, pair.revision))),
+        Ok(instance) => Some((id.to_owned(), (Arc::new(instance), pair.revision))),
         Err(e) => {
             tracing::warn!(key = %pair.key, error = %e, "skipping a malformed instance record");
             None
@@ -116,7 +118,7 @@ impl Discovery {
         Ok(pairs
             .iter()
             .filter_map(|pair| decode(pair, prefix_len))
-            .map(|(_, (instance, _))| instance)
+            .map(|(_, (instance, _))| Arc::unwrap_or_clone(instance))
             .collect())
     }
 
@@ -174,7 +176,7 @@ impl Discovery {
                 }
             }
         });
-        let seen = current.borrow().instances.clone();
+        let seen = current.borrow().clone();
         Ok(InstanceSet {
             seen,
             current,
@@ -186,8 +188,9 @@ impl Discovery {
 /// The live instance set of one service. Dropping it stops following the service.
 pub struct InstanceSet {
     current: watch::Receiver<Arc<View>>,
-    /// What the consumer of [`InstanceSet::next_change`] has been told so far.
-    seen: BTreeMap<String, (Instance, u64)>,
+    /// What the consumer of [`InstanceSet::next_change`] has been told so far: the view
+    /// it was last brought to (shared with the follower until the next change).
+    seen: Arc<View>,
     follower: JoinHandle<()>,
 }
 
@@ -200,12 +203,7 @@ impl Drop for InstanceSet {
 impl InstanceSet {
     /// Every instance now (`Up` and `Draining`), sorted by id.
     pub fn instances(&self) -> Vec<Instance> {
-        self.current
-            .borrow()
-            .instances
-            .values()
-            .map(|(instance, _)| instance.clone())
-            .collect()
+        instances_of(&self.current.borrow())
     }
 
     /// The store revision the set reflects.
@@ -239,29 +237,29 @@ impl InstanceSet {
         let view = self.current.borrow_and_update().clone();
         let mut changes = Vec::new();
         for (id, (instance, revision)) in &view.instances {
-            match self.seen.get(id) {
+            match self.seen.instances.get(id) {
                 None => changes.push(InstanceChange::Added {
-                    instance: instance.clone(),
+                    instance: Instance::clone(instance),
                     revision: *revision,
                 }),
                 Some((_, seen_revision)) if seen_revision != revision => {
                     changes.push(InstanceChange::Updated {
-                        instance: instance.clone(),
+                        instance: Instance::clone(instance),
                         revision: *revision,
                     });
                 }
                 Some(_) => {}
             }
         }
-        for (id, (instance, _)) in &self.seen {
+        for (id, (instance, _)) in &self.seen.instances {
             if !view.instances.contains_key(id) {
                 changes.push(InstanceChange::Removed {
-                    instance: instance.clone(),
+                    instance: Instance::clone(instance),
                     revision: view.revision,
                 });
             }
         }
-        self.seen = view.instances.clone();
+        self.seen = view;
         changes
     }
 }
@@ -275,11 +273,13 @@ pub struct InstanceReader {
 impl InstanceReader {
     /// Every instance now (`Up` and `Draining`), sorted by id.
     pub fn instances(&self) -> Vec<Instance> {
-        self.current
-            .borrow()
-            .instances
-            .values()
-            .map(|(instance, _)| instance.clone())
-            .collect()
+        instances_of(&self.current.borrow())
     }
+}
+
+fn instances_of(view: &View) -> Vec<Instance> {
+    view.instances
+        .values()
+        .map(|(instance, _)| Instance::clone(instance))
+        .collect()
 }

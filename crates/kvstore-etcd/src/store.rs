@@ -304,38 +304,54 @@ impl Backend for EtcdStore {
         if let Some(lease) = lease {
             options = options.with_lease(lease.0);
         }
-        let put = TxnOp::put(etcd_key.clone(), value.to_vec(), Some(options));
-        // Each condition is one Txn: compare, put on success, read the key on failure.
+        let name_lease = |e| match lease {
+            Some(lease) => for_lease(e, lease),
+            None => e,
+        };
+        // A conditional write is one Txn: compare, put on success, read the key on
+        // failure (to tell KeyNotFound from KeyModified).
         let compare = match condition {
-            Condition::Always => None,
-            Condition::Absent => Some(Compare::create_revision(
-                etcd_key.clone(),
-                CompareOp::Equal,
-                0,
-            )),
-            Condition::Revision(expected) => Some(Compare::mod_revision(
+            // A plain Put: etcd serves it faster than a one-operation Txn, and its
+            // previous key-value still tells the create revision.
+            Condition::Always => {
+                let response = self
+                    .call("put", |mut client| {
+                        let (key, value) = (etcd_key.clone(), value.to_vec());
+                        let options = options.clone();
+                        async move { client.put(key, value, Some(options)).await }
+                    })
+                    .await
+                    .map_err(name_lease)?;
+                let written_at = header_revision(response.header());
+                return Ok(KvPair {
+                    key: key.to_string(),
+                    value,
+                    revision: written_at,
+                    create_revision: response
+                        .prev_key()
+                        .map_or(written_at, |kv| revision(kv.create_revision())),
+                    lease,
+                });
+            }
+            Condition::Absent => Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
+            Condition::Revision(expected) => Compare::mod_revision(
                 etcd_key.clone(),
                 CompareOp::Equal,
                 i64::try_from(expected).unwrap_or(i64::MAX),
-            )),
+            ),
         };
-        let txn = match compare {
-            None => Txn::new().and_then([put]),
-            Some(compare) => Txn::new()
-                .when([compare])
-                .and_then([put])
-                .or_else([TxnOp::get(etcd_key, None)]),
-        };
+        let put = TxnOp::put(etcd_key.clone(), value.to_vec(), Some(options));
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([put])
+            .or_else([TxnOp::get(etcd_key, None)]);
         let response = self
             .call("put", |mut client| {
                 let txn = txn.clone();
                 async move { client.txn(txn).await }
             })
             .await
-            .map_err(|e| match lease {
-                Some(lease) => for_lease(e, lease),
-                None => e,
-            })?;
+            .map_err(name_lease)?;
         let responses = response.op_responses();
         if !response.succeeded() {
             let current = first_get(&responses);

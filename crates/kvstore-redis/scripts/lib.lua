@@ -40,7 +40,7 @@ local function epoch()
 end
 
 local function next_revision()
-  epoch()
+  redis.call('SET', EPOCH, EPOCH_CANDIDATE, 'NX')
   return redis.call('INCR', REV)
 end
 

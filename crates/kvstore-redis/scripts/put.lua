@@ -23,6 +23,6 @@ if lease ~= '' then
   redis.call('HSET', dk, 'lease', lease)
   redis.call('SADD', lease_members(lease), area .. '\0' .. key)
 end
-redis.call('ZADD', index_key(area), 0, key)
+if not exists then redis.call('ZADD', index_key(area), 0, key) end
 log_put(rev, 0, 1, area, key, value, crev, lease)
 return { 'ok', rev, crev }

@@ -16,7 +16,6 @@ macro_rules! script {
 
 /// Every script of the backend.
 pub(crate) struct Scripts {
-    pub get: Script,
     pub range: Script,
     pub put: Script,
     pub delete: Script,
@@ -30,7 +29,6 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
-            get: script!("get"),
             range: script!("range"),
             put: script!("put"),
             delete: script!("delete"),

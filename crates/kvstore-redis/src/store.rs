@@ -307,15 +307,48 @@ impl Backend for RedisStore {
         }
     }
 
+    /// A read needs no script: one pipelined `HMGET` + `TIME`, and only for a key on a
+    /// lease a second request for the lease's deadline, so that an expired key is never
+    /// returned even before the reaper has deleted it.
     async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
-        let reply = self
-            .run(
-                "get",
-                &self.scripts.get,
-                &[self.area.as_bytes(), key.as_str().as_bytes()],
-            )
-            .await?;
-        Ok(RedisStore::pair(&reply))
+        self.lifecycle.ensure_open(BACKEND)?;
+        let timeout = self.config.response_timeout;
+        let mut connection = self.connection.clone();
+        let ((value, revision, create_revision, lease), (seconds, micros)): (
+            (Option<Vec<u8>>, Option<u64>, Option<u64>, Option<i64>),
+            (u64, u64),
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.redis_key(key.as_str()))
+            .arg(&["value", "revision", "create_revision", "lease"])
+            .cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| from_redis("get", e, timeout))?;
+        let (Some(value), Some(revision), Some(create_revision)) =
+            (value, revision, create_revision)
+        else {
+            return Ok(None);
+        };
+        if let Some(lease) = lease {
+            let deadline: Option<f64> = redis::cmd("ZSCORE")
+                .arg(format!("{{{}}}:leases", self.config.namespace))
+                .arg(lease)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| from_redis("get", e, timeout))?;
+            let now_ms = (seconds * 1000 + micros / 1000) as f64;
+            if deadline.is_none_or(|deadline| deadline <= now_ms) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(KvPair {
+            key: key.to_string(),
+            value: Bytes::from(value),
+            revision,
+            create_revision,
+            lease: lease.map(LeaseId),
+        }))
     }
 
     async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {

@@ -78,15 +78,22 @@ async fn a_script_error_arrives_as_a_typed_backend_error_naming_the_operation() 
         .query_async(&mut raw)
         .await
         .unwrap();
-    match store.get("clobbered").await {
-        Err(Error::Backend {
-            backend,
-            operation,
-            source,
-        }) => {
-            assert_eq!((backend, operation), ("redis", "get"));
-            assert!(source.to_string().contains("WRONGTYPE"), "{source}");
+    // `put` runs a script; `get` plain commands. Both must name the operation.
+    let put = store
+        .put("clobbered", Bytes::from("v"), PutOptions::default())
+        .await;
+    let get = store.get("clobbered").await;
+    for (operation, result) in [("put", put.map(|_| ())), ("get", get.map(|_| ()))] {
+        match result {
+            Err(Error::Backend {
+                backend,
+                operation: named,
+                source,
+            }) => {
+                assert_eq!((backend, named), ("redis", operation));
+                assert!(source.to_string().contains("WRONGTYPE"), "{source}");
+            }
+            other => panic!("{operation}: expected a typed backend error, got {other:?}"),
         }
-        other => panic!("expected a typed backend error, got {other:?}"),
     }
 }

@@ -148,8 +148,7 @@ async fn main() -> Result<(), Failure> {
         None,
         Target::Under(1000.0),
     );
-    let ours_watch = watch::ours(&etcd_ours).await;
-    let raw_watch = watch::raw_etcd(&etcd_raw).await;
+    let (ours_watch, raw_watch) = watch::ours_and_raw_etcd(&etcd_ours, &etcd_raw).await;
     latency_rows(
         &mut rows,
         "etcd",

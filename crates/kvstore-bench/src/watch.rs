@@ -11,53 +11,76 @@ use crate::measure::{Latency, latency};
 
 const SAMPLES: usize = 500;
 
-/// Put a key and time until our own prefix watch delivers it, `SAMPLES` times.
-pub async fn ours(store: &Arc<dyn Store>) -> Latency {
+/// Time from putting a key through our store until our prefix watch delivers it.
+async fn ours_once(
+    store: &Arc<dyn Store>,
+    events: &mut futures::stream::BoxStream<'static, kvstore::Result<WatchEvent>>,
+    i: usize,
+) -> Duration {
+    let started = Instant::now();
+    store
+        .put(
+            &format!("w/{}", i % 10),
+            Bytes::from_static(b"x"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+    loop {
+        if let Some(Ok(WatchEvent::Put(_))) = events.next().await {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+async fn ours_watch(
+    store: &Arc<dyn Store>,
+) -> futures::stream::BoxStream<'static, kvstore::Result<WatchEvent>> {
     let mut events = store
         .watch_prefix_events("w", WatchFrom::Snapshot)
         .await
         .expect("watch");
     events.next().await;
+    events
+}
+
+/// Put a key and time until our own prefix watch delivers it, `SAMPLES` times.
+pub async fn ours(store: &Arc<dyn Store>) -> Latency {
+    let mut events = ours_watch(store).await;
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..SAMPLES {
-        let started = Instant::now();
-        store
-            .put(
-                &format!("w/{}", i % 10),
-                Bytes::from_static(b"x"),
-                PutOptions::default(),
-            )
-            .await
-            .expect("put");
-        loop {
-            if let Some(Ok(WatchEvent::Put(_))) = events.next().await {
-                break;
-            }
-        }
-        samples.push(started.elapsed());
+        samples.push(ours_once(store, &mut events, i).await);
     }
     latency(samples)
 }
 
-/// The same with etcd's own watch and put.
-pub async fn raw_etcd(client: &etcd_client::Client) -> Latency {
+/// Ours and etcd's own watch (with etcd's own put), sample by sample in turn, so both
+/// see the same server conditions. Returns (ours, raw).
+pub async fn ours_and_raw_etcd(
+    store: &Arc<dyn Store>,
+    client: &etcd_client::Client,
+) -> (Latency, Latency) {
+    let mut events = ours_watch(store).await;
     let mut client = client.clone();
-    let mut watch = client
+    let mut raw = client
         .watch(
             "raw-watch/",
             Some(etcd_client::WatchOptions::new().with_prefix()),
         )
         .await
         .expect("raw watch");
-    let mut samples = Vec::with_capacity(SAMPLES);
+    let (mut ours_samples, mut raw_samples) =
+        (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
     for i in 0..SAMPLES {
+        ours_samples.push(ours_once(store, &mut events, i).await);
         let started = Instant::now();
         client
             .put(format!("raw-watch/{}", i % 10), "x", None)
             .await
             .expect("raw put");
         loop {
-            let response = watch
+            let response = raw
                 .message()
                 .await
                 .expect("raw watch message")
@@ -66,9 +89,9 @@ pub async fn raw_etcd(client: &etcd_client::Client) -> Latency {
                 break;
             }
         }
-        samples.push(started.elapsed());
+        raw_samples.push(started.elapsed());
     }
-    latency(samples)
+    (latency(ours_samples), latency(raw_samples))
 }
 
 /// Start `watchers` prefix watches, put one key, and time until the last one has it.

@@ -62,7 +62,9 @@ impl WatchSource for Watcher {
                 pairs,
             };
             self.next = read_at + 1;
-            self.stream = None;
+            // The watch is running before the snapshot is handed out, so a consumer
+            // that has the snapshot is already being sent every later change.
+            self.stream = Some(self.open().await?);
             let event = match std::mem::replace(&mut self.start, Start::Events) {
                 Start::Snapshot => WatchEvent::Snapshot(snapshot),
                 _ => WatchEvent::Resync(snapshot),

@@ -52,6 +52,8 @@ pub(crate) struct State {
     revision: u64,
     data: BTreeMap<String, Entry>,
     leases: HashMap<LeaseId, LeaseState>,
+    /// Every live lease by deadline, so expiry checks cost O(log n), not a scan.
+    deadlines: BTreeSet<(Instant, LeaseId)>,
     next_lease: i64,
     history: VecDeque<Change>,
     history_capacity: usize,
@@ -66,6 +68,7 @@ impl State {
             revision: 0,
             data: BTreeMap::new(),
             leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
             next_lease: 1,
             history: VecDeque::new(),
             history_capacity: history_capacity.max(1),
@@ -171,14 +174,16 @@ impl State {
     pub fn grant(&mut self, ttl: Duration, now: Instant) -> LeaseId {
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
+        let deadline = now + ttl;
         self.leases.insert(
             id,
             LeaseState {
                 ttl,
-                deadline: now + ttl,
+                deadline,
                 keys: BTreeSet::new(),
             },
         );
+        self.deadlines.insert((deadline, id));
         id
     }
 
@@ -187,32 +192,31 @@ impl State {
             lease: id,
             reason: LeaseLoss::Expired,
         })?;
+        self.deadlines.remove(&(lease.deadline, id));
         lease.deadline = now + lease.ttl;
+        self.deadlines.insert((lease.deadline, id));
         Ok(lease.ttl)
     }
 
     pub fn revoke(&mut self, id: LeaseId) {
         if let Some(lease) = self.leases.remove(&id) {
+            self.deadlines.remove(&(lease.deadline, id));
             self.delete_all(lease.keys.into_iter().collect());
         }
     }
 
     /// The earliest lease deadline, for the reaper.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.leases.values().map(|l| l.deadline).min()
+        self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
     /// Expire every lease whose deadline has passed, each at its own revision, oldest
     /// deadline first.
     pub fn expire_due(&mut self, now: Instant) {
-        let mut due: Vec<(Instant, LeaseId)> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(id, l)| (l.deadline, *id))
-            .collect();
-        due.sort();
-        for (_, id) in due {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
             self.revoke(id);
         }
     }

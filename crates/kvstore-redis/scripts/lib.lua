@@ -39,9 +39,12 @@ local function epoch()
   return redis.call('GET', EPOCH)
 end
 
+-- Data that is lost (a restart without persistence) starts again at revision 1, so
+-- only the first revision needs to make sure the data has an epoch.
 local function next_revision()
-  redis.call('SET', EPOCH, EPOCH_CANDIDATE, 'NX')
-  return redis.call('INCR', REV)
+  local rev = redis.call('INCR', REV)
+  if rev == 1 then redis.call('SET', EPOCH, EPOCH_CANDIDATE, 'NX') end
+  return rev
 end
 
 local function current_revision()

@@ -1,5 +1,5 @@
 //! The Lua scripts, each the shared prelude (`scripts/lib.lua`) followed by its own
-//! body. `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading
+//! body (except the read-only `lease_alive`). `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading
 //! it again only if the server answers `NOSCRIPT` (after a restart).
 
 use redis::{Script, Value};
@@ -24,6 +24,8 @@ pub(crate) struct Scripts {
     pub lease_keep_alive: Script,
     pub lease_revoke: Script,
     pub reap: Script,
+    /// Standalone: whether a lease is alive, for reads of leased keys.
+    pub lease_alive: Script,
 }
 
 impl Scripts {
@@ -37,6 +39,7 @@ impl Scripts {
             lease_keep_alive: script!("lease_keep_alive"),
             lease_revoke: script!("lease_revoke"),
             reap: script!("reap"),
+            lease_alive: Script::new(include_str!("../scripts/lease_alive.lua")),
         }
     }
 }

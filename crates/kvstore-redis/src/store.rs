@@ -307,21 +307,21 @@ impl Backend for RedisStore {
         }
     }
 
-    /// A read needs no script: one pipelined `HMGET` + `TIME`, and only for a key on a
-    /// lease a second request for the lease's deadline, so that an expired key is never
+    /// A read needs no script: one `HMGET`, and only for a key on a lease a check that
+    /// the lease is still alive by the server's clock, so an expired key is never
     /// returned even before the reaper has deleted it.
     async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
         self.lifecycle.ensure_open(BACKEND)?;
         let timeout = self.config.response_timeout;
         let mut connection = self.connection.clone();
-        let ((value, revision, create_revision, lease), (seconds, micros)): (
-            (Option<Vec<u8>>, Option<u64>, Option<u64>, Option<i64>),
-            (u64, u64),
-        ) = redis::pipe()
-            .cmd("HMGET")
+        let (value, revision, create_revision, lease): (
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+        ) = redis::cmd("HMGET")
             .arg(self.redis_key(key.as_str()))
             .arg(&["value", "revision", "create_revision", "lease"])
-            .cmd("TIME")
             .query_async(&mut connection)
             .await
             .map_err(|e| from_redis("get", e, timeout))?;
@@ -331,14 +331,15 @@ impl Backend for RedisStore {
             return Ok(None);
         };
         if let Some(lease) = lease {
-            let deadline: Option<f64> = redis::cmd("ZSCORE")
-                .arg(format!("{{{}}}:leases", self.config.namespace))
+            let alive: i64 = self
+                .scripts
+                .lease_alive
+                .key(format!("{{{}}}:leases", self.config.namespace))
                 .arg(lease)
-                .query_async(&mut connection)
+                .invoke_async(&mut connection)
                 .await
                 .map_err(|e| from_redis("get", e, timeout))?;
-            let now_ms = (seconds * 1000 + micros / 1000) as f64;
-            if deadline.is_none_or(|deadline| deadline <= now_ms) {
+            if alive == 0 {
                 return Ok(None);
             }
         }

@@ -119,6 +119,11 @@ impl WatchSource for Watcher {
 
 impl Watcher {
     async fn snapshot(&mut self) -> Result<Vec<WatchEvent>> {
+        // Connected before the snapshot is handed out, so the first read of changes
+        // after it does not wait for a new connection.
+        if self.connection.is_none() {
+            self.connection = Some(self.connect().await?);
+        }
         let read = self.store.read(&self.target).await?;
         self.position = read.revision;
         self.epoch = Some(read.epoch);

@@ -2,6 +2,8 @@
 //! to the live instances of a service. Real HTTP (axum servers, a hyper client) on
 //! loopback; the examples in `examples/` wire them to a kvstore.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod echo;
 pub mod gateway;

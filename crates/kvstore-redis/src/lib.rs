@@ -42,6 +42,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 mod scripts;

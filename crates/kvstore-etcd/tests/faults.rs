@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use kvstore_core::{Error, LeaseLoss, PutOptions, Store, WatchEvent, WatchFrom};
+use kvstore_core::{Error, LeaseLoss, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_testsuite::server::{EtcdCluster, EtcdServer};
-use kvstore_testsuite::{WAIT, next_item, unique_namespace};
+use kvstore_testsuite::{WAIT, next_item, put_retrying, unique_namespace};
 
 async fn connect(addresses: Vec<String>, namespace: &str) -> Arc<dyn Store> {
     let mut config = EtcdConfig::new(addresses);
@@ -17,24 +16,6 @@ async fn connect(addresses: Vec<String>, namespace: &str) -> Arc<dyn Store> {
     config.connect_timeout = Duration::from_secs(2);
     config.request_timeout = Duration::from_secs(3);
     Arc::new(EtcdStore::connect(config).await.unwrap())
-}
-
-/// Retry a write while the server is unreachable (a restart or failover in progress),
-/// bounded by [`WAIT`].
-async fn put_retrying(store: &Arc<dyn Store>, key: &str, value: &str) -> kvstore_core::KvPair {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match store
-            .put(key, Bytes::from(value.to_owned()), PutOptions::default())
-            .await
-        {
-            Ok(pair) => return pair,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("put {key} failed: {e}"),
-        }
-    }
 }
 
 fn expect_put(event: WatchEvent) -> kvstore_core::KvPair {

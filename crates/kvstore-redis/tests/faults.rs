@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kvstore_core::{Error, KvPair, PutOptions, Store, WatchEvent, WatchFrom};
+use kvstore_core::{Error, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore, WATCH_CLIENT_NAME};
 use kvstore_testsuite::server::{RedisServer, free_port, shared_redis};
-use kvstore_testsuite::{WAIT, next_item, unique_namespace};
+use kvstore_testsuite::{next_item, put_retrying, unique_namespace};
 
 async fn connect(url: String, namespace: &str) -> Arc<dyn Store> {
     let mut config = RedisConfig::new(url);
@@ -52,22 +52,6 @@ async fn kill_watch_connections(url: &str) -> usize {
             .unwrap();
     }
     ids.len()
-}
-
-async fn put_retrying(store: &Arc<dyn Store>, key: &str, value: &str) -> KvPair {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match store
-            .put(key, Bytes::from(value.to_owned()), PutOptions::default())
-            .await
-        {
-            Ok(pair) => return pair,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("put {key} failed: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

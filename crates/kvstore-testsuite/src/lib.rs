@@ -102,6 +102,30 @@ where
     }
 }
 
+/// Write `key` = `value`, retrying while the server is unreachable (a restart or
+/// failover in progress), for at most [`WAIT`]. For fault tests.
+///
+/// # Panics
+/// On a non-retryable error, or when [`WAIT`] runs out.
+pub async fn put_retrying(store: &Arc<dyn Store>, key: &str, value: &str) -> kvstore_core::KvPair {
+    /// Pause between attempts.
+    const RETRY_DELAY: Duration = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let options = kvstore_core::PutOptions::default();
+        match store
+            .put(key, Bytes::copy_from_slice(value.as_bytes()), options)
+            .await
+        {
+            Ok(pair) => return pair,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            Err(e) => panic!("put {key} failed: {e}"),
+        }
+    }
+}
+
 /// Shorthand for a `Bytes` value.
 pub fn value(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())

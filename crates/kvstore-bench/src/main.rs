@@ -35,6 +35,10 @@ struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
+    /// Only compare the memory store with its baseline, print it, and write nothing
+    /// (for profiling).
+    #[arg(long)]
+    memory_only: bool,
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -87,6 +91,13 @@ fn millis(duration: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     let args = Args::parse();
+    if args.memory_only {
+        let (ours_get, base_get, ours_put, base_put) = memory::compare().await;
+        println!(
+            "get {ours_get:.0} ns vs {base_get:.0} ns; put {ours_put:.0} ns vs {base_put:.0} ns"
+        );
+        return Ok(());
+    }
     let etcd = EtcdServer::start()?;
     let redis = RedisServer::start()?;
     let mut rows = Vec::new();

@@ -47,11 +47,12 @@ fn check_segments(raw: &str, normalised: &str) -> Result<()> {
     if normalised.len() > MAX_KEY_LEN {
         return invalid("longer than 4096 bytes");
     }
-    if normalised.chars().any(|c| c == '\0') {
-        return invalid("contains a NUL byte");
-    }
-    if normalised.chars().any(char::is_control) {
-        return invalid("contains a control character");
+    if let Some(control) = normalised.chars().find(|c| c.is_control()) {
+        return invalid(if control == '\0' {
+            "contains a NUL byte"
+        } else {
+            "contains a control character"
+        });
     }
     for segment in normalised.split('/') {
         match segment {

@@ -127,9 +127,14 @@ impl Locker {
     /// The waiter just ahead of `mine`, or `None` when `mine` is first in line.
     async fn predecessor(&self, mine: &KvPair) -> Result<Option<String>> {
         let waiters = self.area.list(self.key.as_str()).await?;
+        // Only this lock's own waiters (`key/<lease>`), not those of locks below it.
         let mut queue: Vec<&KvPair> = waiters
             .iter()
-            .filter(|w| !w.key[self.key.as_str().len() + 1..].contains('/'))
+            .filter(|w| {
+                w.key
+                    .get(self.key.as_str().len() + 1..)
+                    .is_some_and(|lease| !lease.contains('/'))
+            })
             .collect();
         if !queue.iter().any(|w| w.key == mine.key) {
             return Err(Error::LockLost {

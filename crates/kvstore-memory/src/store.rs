@@ -63,7 +63,7 @@ impl Shared {
     /// The state, after expiring due leases; `Closed` after shutdown.
     pub fn open(&self) -> Result<MutexGuard<'_, State>> {
         let mut state = self.lock();
-        state.open(Instant::now())?;
+        state.open()?;
         Ok(state)
     }
 
@@ -160,7 +160,10 @@ impl MemoryStore {
     }
 
     fn physical(&self, key: &str) -> String {
-        format!("{}{key}", self.root)
+        let mut physical = String::with_capacity(self.root.len() + key.len());
+        physical.push_str(&self.root);
+        physical.push_str(key);
+        physical
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -252,7 +255,7 @@ impl Backend for MemoryStore {
         let state = self.shared.open()?;
         Ok(state
             .get(&self.physical(key.as_str()))
-            .map(|e| e.to_pair(key.to_string())))
+            .map(|e| e.to_pair(key.as_str().to_owned())))
     }
 
     async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
@@ -273,7 +276,7 @@ impl Backend for MemoryStore {
     ) -> Result<KvPair> {
         let physical = self.physical(key.as_str());
         self.mutate(|state| state.write(&physical, key.as_str(), value, condition, lease))
-            .map(|entry| entry.to_pair(key.to_string()))
+            .map(|entry| entry.to_pair(key.as_str().to_owned()))
     }
 
     async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {

@@ -2,6 +2,7 @@
 //! background tasks, and the leases it must revoke when closed (CONTRACT §3 `close`).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,6 +55,22 @@ impl Lifecycle {
     /// Take every tracked lease, for revoking on close.
     pub fn take_leases(&self) -> Vec<LeaseId> {
         self.leases().drain().collect()
+    }
+
+    /// Close as `close()` must (CONTRACT §3): revoke every tracked lease with `revoke`
+    /// (best effort: a lease that cannot be revoked expires after its TTL), then mark
+    /// closed and stop background loops.
+    pub async fn close_revoking<F, Fut>(&self, revoke: F)
+    where
+        F: Fn(LeaseId) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        for lease in self.take_leases() {
+            if let Err(error) = revoke(lease).await {
+                tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
+            }
+        }
+        self.close();
     }
 
     /// Mark closed and stop background loops.

@@ -490,13 +490,9 @@ impl Backend for EtcdStore {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        for lease in self.lifecycle.take_leases() {
-            // Best effort: an unrevoked lease still expires after its TTL.
-            if let Err(error) = self.lease_revoke(lease).await {
-                tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
-            }
-        }
-        self.lifecycle.close();
+        self.lifecycle
+            .close_revoking(|lease| self.lease_revoke(lease))
+            .await;
         Ok(())
     }
 }

@@ -81,6 +81,16 @@ impl Client {
         }
     }
 
+    /// Request `i` of benchmark `op`: get or put one of the [`KEYS`] keys, or create a
+    /// fresh key unique to run `tag`.
+    async fn run(&self, op: &str, i: usize, tag: usize) {
+        match op {
+            "get" => self.get(&format!("k/{}", i % KEYS)).await,
+            "put" => self.put(&format!("k/{}", i % KEYS)).await,
+            _ => self.create(&format!("c/{tag}/{i}")).await,
+        }
+    }
+
     /// Create-only write of a fresh key: etcd `Txn` on `CreateRevision == 0`, Redis
     /// `SET NX`, ours `atomic_put(.., None, ..)`.
     pub async fn create(&self, key: &str) {
@@ -147,13 +157,7 @@ pub async fn compare(
                     rounds.push(
                         throughput(count, in_flight, |i| {
                             let client = client.clone();
-                            async move {
-                                match op {
-                                    "get" => client.get(&format!("k/{}", i % KEYS)).await,
-                                    "put" => client.put(&format!("k/{}", i % KEYS)).await,
-                                    _ => client.create(&format!("c/{tag}/{i}")).await,
-                                }
-                            }
+                            async move { client.run(op, i, tag).await }
                         })
                         .await,
                     );
@@ -179,13 +183,7 @@ pub async fn compare(
             latencies.push(
                 sequential_latency(1000, |i| {
                     let client = client.clone();
-                    async move {
-                        match op {
-                            "get" => client.get(&format!("k/{}", i % KEYS)).await,
-                            "put" => client.put(&format!("k/{}", i % KEYS)).await,
-                            _ => client.create(&format!("c/{tag}/{i}")).await,
-                        }
-                    }
+                    async move { client.run(op, i, tag).await }
                 })
                 .await,
             );

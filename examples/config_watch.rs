@@ -1,7 +1,7 @@
 //! Dynamic configuration: watch one key and apply every change live.
 //!
 //! ```text
-//! cargo run --example config_watch -- --store etcd://127.0.0.1:2379 --key config/app
+//! cargo run --features etcd,redis --example config_watch -- --store etcd://127.0.0.1:2379 --key config/app
 //! etcdctl put kvstore/config/app '{"log_level":"debug","workers":8}'
 //! ```
 //!

@@ -2,7 +2,7 @@
 //! round-robins every request to them, printing each change of the instance set.
 //!
 //! ```text
-//! cargo run --example gateway -- --store etcd://127.0.0.1:2379 --service echo --listen 127.0.0.1:8080
+//! cargo run --features etcd,redis --example gateway -- --store etcd://127.0.0.1:2379 --service echo --listen 127.0.0.1:8080
 //! curl -i http://127.0.0.1:8080/
 //! ```
 

@@ -3,7 +3,7 @@
 //! leaves the record to expire after the TTL).
 //!
 //! ```text
-//! cargo run --example provider -- --store etcd://127.0.0.1:2379 --service echo --id echo-1
+//! cargo run --features etcd,redis --example provider -- --store etcd://127.0.0.1:2379 --service echo --id echo-1
 //! ```
 
 use std::time::Duration;

@@ -211,7 +211,8 @@ pub struct ServerTls {
     pub ca: PathBuf,
 }
 
-/// One etcd member's fixed identity: name, ports, data directory and TLS files.
+/// One etcd member's fixed identity: name, ports, data directory, TLS files and extra
+/// command-line options.
 #[derive(Clone, Debug)]
 struct EtcdMember {
     name: String,
@@ -219,6 +220,8 @@ struct EtcdMember {
     peer_port: u16,
     data_dir: PathBuf,
     tls: Option<ServerTls>,
+    /// Passed after the standard options (so they can override them), on every start.
+    extra_args: Vec<String>,
 }
 
 impl EtcdMember {
@@ -233,6 +236,11 @@ impl EtcdMember {
 
     /// Start this member of `initial_cluster` and wait until it is healthy. `token`
     /// must be the same for every member of one cluster.
+    ///
+    /// The same call restarts a killed member: once its data directory holds a WAL,
+    /// etcd ignores the `--initial-cluster*` options (`new` included) and rejoins with
+    /// the identity it has on disk. A cluster member is healthy again only once it has a
+    /// quorum (a leader) to answer through.
     fn start(&self, initial_cluster: &str, token: &str) -> ServerResult<Process> {
         let etcd = find_binary("etcd", "etcd-server")?;
         let log = self.data_dir.with_extension("log");
@@ -256,6 +264,7 @@ impl EtcdMember {
                 .arg("--key-file")
                 .arg(&tls.key);
         }
+        command.args(&self.extra_args);
         let mut process = Process::spawn(command, &log)?;
         wait_until(&format!("etcd {}", self.name), &log, &mut process, || {
             etcd_healthy(&self.client_url(), self.tls.as_ref())
@@ -316,6 +325,23 @@ impl EtcdServer {
     /// # Errors
     /// As [`EtcdServer::start`].
     pub fn start_with_tls(tls: Option<ServerTls>) -> ServerResult<EtcdServer> {
+        EtcdServer::launch(tls, &[])
+    }
+
+    /// Start etcd with extra command-line options, e.g. `&["--auth-token-ttl", "3"]`.
+    /// They come after the standard ones (so a repeated option overrides them) and are
+    /// passed again on every [`restart`].
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`]; an option etcd rejects makes it exit while starting,
+    /// and the error quotes its log.
+    ///
+    /// [`restart`]: EtcdServer::restart
+    pub fn start_with_args(extra: &[&str]) -> ServerResult<EtcdServer> {
+        EtcdServer::launch(None, extra)
+    }
+
+    fn launch(tls: Option<ServerTls>, extra: &[&str]) -> ServerResult<EtcdServer> {
         let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
         let member = EtcdMember {
             name: "kvstore-test".into(),
@@ -323,6 +349,7 @@ impl EtcdServer {
             peer_port: free_port()?,
             data_dir: dir.path().join("data"),
             tls,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
         let process = member.start(
             &format!("{}={}", member.name, member.peer_url()),
@@ -350,7 +377,8 @@ impl EtcdServer {
         self.process.kill();
     }
 
-    /// Start the server again on the same port and data directory, after [`kill`].
+    /// Start the server again on the same port and data directory (and with the same
+    /// options), after [`kill`].
     ///
     /// # Errors
     /// As [`EtcdServer::start`].
@@ -404,10 +432,15 @@ pub fn run_etcdctl(endpoint: &str, args: &[&str]) -> ServerResult<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The `--initial-cluster-token` of every [`EtcdCluster`].
+const CLUSTER_TOKEN: &str = "kvstore-cluster";
+
 /// A three-member etcd cluster on loopback.
 pub struct EtcdCluster {
     members: Vec<EtcdMember>,
     processes: Vec<Process>,
+    /// The `--initial-cluster` value: `member0=http://127.0.0.1:PEER,...`.
+    initial_cluster: String,
     _dir: tempfile::TempDir,
 }
 
@@ -417,6 +450,17 @@ impl EtcdCluster {
     /// # Errors
     /// As [`EtcdServer::start`].
     pub fn start() -> ServerResult<EtcdCluster> {
+        EtcdCluster::start_with_args(&[])
+    }
+
+    /// Start three members, each with the extra command-line options `extra` (kept
+    /// across [`restart`]), e.g. `&["--election-timeout", "500"]`.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    ///
+    /// [`restart`]: EtcdCluster::restart
+    pub fn start_with_args(extra: &[&str]) -> ServerResult<EtcdCluster> {
         let dir = tempfile::tempdir().map_err(|e| ServerError(format!("no temp dir: {e}")))?;
         let mut members = Vec::new();
         for i in 0..3 {
@@ -426,20 +470,21 @@ impl EtcdCluster {
                 peer_port: free_port()?,
                 data_dir: dir.path().join(format!("member{i}")),
                 tls: None,
+                extra_args: extra.iter().map(|s| s.to_string()).collect(),
             });
         }
         let initial: Vec<String> = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect();
-        let initial = initial.join(",");
+        let initial_cluster = initial.join(",");
         // Members must start together: each waits for a quorum before it is healthy.
         let handles: Vec<_> = members
             .iter()
             .cloned()
             .map(|member| {
-                let initial = initial.clone();
-                std::thread::spawn(move || member.start(&initial, "kvstore-cluster"))
+                let initial = initial_cluster.clone();
+                std::thread::spawn(move || member.start(&initial, CLUSTER_TOKEN))
             })
             .collect();
         let mut processes = Vec::new();
@@ -452,8 +497,14 @@ impl EtcdCluster {
         Ok(EtcdCluster {
             members,
             processes,
+            initial_cluster,
             _dir: dir,
         })
+    }
+
+    /// `http://127.0.0.1:PORT` of each member's client port, by member index.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::client_url).collect()
     }
 
     /// `127.0.0.1:PORT` of each member's client port.
@@ -464,12 +515,96 @@ impl EtcdCluster {
             .collect()
     }
 
-    /// Kill member `index` (`SIGKILL`).
+    /// Kill member `index` (`SIGKILL`), keeping its data directory.
     pub fn kill(&mut self, index: usize) {
         if let Some(process) = self.processes.get_mut(index) {
             process.kill();
         }
     }
+
+    /// Start member `index` again after [`kill`], with its data directory, ports and
+    /// options, and wait until it is healthy. It rejoins the cluster with the identity in
+    /// its data directory. (A running member is killed first.)
+    ///
+    /// # Errors
+    /// When `index` is not 0, 1 or 2, or as [`EtcdServer::start`]. A member is healthy
+    /// only once the cluster has a quorum: restarting one member while the two others
+    /// are down times out after [`STARTUP_TIMEOUT`].
+    ///
+    /// [`kill`]: EtcdCluster::kill
+    pub fn restart(&mut self, index: usize) -> ServerResult<()> {
+        let (Some(member), Some(process)) =
+            (self.members.get(index), self.processes.get_mut(index))
+        else {
+            return Err(ServerError(format!("no etcd cluster member {index}")));
+        };
+        process.kill();
+        *process = member.start(&self.initial_cluster, CLUSTER_TOKEN)?;
+        Ok(())
+    }
+
+    /// The index of the member that is the Raft leader now, asking every live member
+    /// with `etcdctl endpoint status`. Only a member's claim about itself counts (a
+    /// follower's idea of the leader may be stale); if two claim it (an old leader not
+    /// yet deposed), the one with the higher term wins. `None` while there is no leader
+    /// (an election in progress, or no quorum) or when etcdctl is missing.
+    pub fn leader_index(&self) -> Option<usize> {
+        let mut leader: Option<(u64, usize)> = None;
+        for (index, (member, process)) in self.members.iter().zip(&self.processes).enumerate() {
+            if process.pid().is_none() {
+                continue; // killed
+            }
+            let Ok(status) = run_etcdctl(
+                &member.client_url(),
+                &["--command-timeout=1s", "endpoint", "status", "-w", "json"],
+            ) else {
+                continue;
+            };
+            if let Some(term) = leader_term(&status)
+                && leader.is_none_or(|(best, _)| term > best)
+            {
+                leader = Some((term, index));
+            }
+        }
+        leader.map(|(_, index)| index)
+    }
+
+    /// Wait until some member is the leader (see [`leader_index`]); its index.
+    ///
+    /// # Errors
+    /// When there is no leader within `timeout`.
+    ///
+    /// [`leader_index`]: EtcdCluster::leader_index
+    pub fn wait_for_leader(&self, timeout: Duration) -> ServerResult<usize> {
+        let started = Instant::now();
+        loop {
+            if let Some(index) = self.leader_index() {
+                return Ok(index);
+            }
+            if started.elapsed() >= timeout {
+                return Err(ServerError(format!(
+                    "the etcd cluster had no leader within {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// From one member's `etcdctl endpoint status -w json` output: its Raft term if it
+/// reports itself as the leader, `None` if it is a follower or the output is not
+/// understood.
+fn leader_term(status_json: &str) -> Option<u64> {
+    let statuses: serde_json::Value = serde_json::from_str(status_json).ok()?;
+    let status = statuses.as_array()?.first()?.get("Status")?;
+    let member_id = status.get("header")?.get("member_id")?.as_u64()?;
+    let leader_id = status.get("leader")?.as_u64()?;
+    (member_id == leader_id && leader_id != 0).then(|| {
+        status
+            .get("raftTerm")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    })
 }
 
 /// A `redis-server` on a free loopback port without persistence, stopped on drop.
@@ -618,4 +753,62 @@ pub fn shared_etcd() -> &'static EtcdServer {
 pub fn shared_redis() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(|| RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_term_reads_etcdctl_json() {
+        let leader = r#"[{"Endpoint":"http://127.0.0.1:1","Status":{"header":{"cluster_id":1,"member_id":14414486971719097473,"revision":1,"raft_term":2},"leader":14414486971719097473,"raftTerm":2}}]"#;
+        let follower = r#"[{"Endpoint":"http://127.0.0.1:1","Status":{"header":{"cluster_id":1,"member_id":15101859335780327642,"revision":1,"raft_term":2},"leader":14414486971719097473,"raftTerm":2}}]"#;
+        assert_eq!(leader_term(leader), Some(2));
+        assert_eq!(leader_term(follower), None);
+        assert_eq!(leader_term("not json"), None);
+    }
+
+    #[test]
+    fn etcd_extra_args_are_kept_across_restart() {
+        let metrics = free_port().expect("free port");
+        let url = format!("http://127.0.0.1:{metrics}");
+        let mut etcd = EtcdServer::start_with_args(&["--listen-metrics-urls", &url])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(port_open(metrics), "etcd did not take the extra option");
+        etcd.kill();
+        assert!(!port_open(metrics), "the killed etcd still listens");
+        etcd.restart().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            port_open(metrics),
+            "the restarted etcd lost the extra option"
+        );
+    }
+
+    #[test]
+    fn cluster_elects_a_new_leader_and_a_killed_member_rejoins() {
+        const ELECTION: Duration = Duration::from_secs(30);
+        let mut cluster = EtcdCluster::start().unwrap_or_else(|e| panic!("{e}"));
+        let endpoints = cluster.endpoints();
+        let old = cluster
+            .wait_for_leader(ELECTION)
+            .unwrap_or_else(|e| panic!("{e}"));
+        run_etcdctl(&endpoints[old], &["put", "before", "1"]).unwrap_or_else(|e| panic!("{e}"));
+
+        cluster.kill(old);
+        let new = cluster
+            .wait_for_leader(ELECTION)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(new, old, "the killed member cannot lead");
+        run_etcdctl(&endpoints[new], &["put", "after", "2"]).unwrap_or_else(|e| panic!("{e}"));
+
+        // Same data directory and ports, started with the same (`new`) flags: it rejoins.
+        cluster.restart(old).unwrap_or_else(|e| panic!("{e}"));
+        for key in ["before", "after"] {
+            let got = run_etcdctl(&endpoints[old], &["get", key, "--print-value-only"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(!got.trim().is_empty(), "the restarted member lacks {key}");
+        }
+        assert!(cluster.leader_index().is_some());
+        assert!(cluster.restart(3).is_err());
+    }
 }

@@ -35,7 +35,7 @@ pub enum Condition {
 
 /// The primitives of one storage server. Implement this; users get [`crate::Store`].
 ///
-/// Every method must honour CONTRACT.md: revisions strictly increase and one call has
+/// Every method must honour docs/CONTRACT.md: revisions strictly increase and one call has
 /// one revision, a write returns its pair, and after [`Backend::shutdown`] every method
 /// returns [`crate::Error::Closed`].
 #[async_trait]
@@ -48,7 +48,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A handle on the same server and connections whose keys live outside every key this
     /// handle can address (a sibling of its namespace). The lock recipe keeps its waiter
-    /// keys there so they are invisible to `get`/`list`/`watch_tree` (CONTRACT §6).
+    /// keys there so they are invisible to `get`/`list`/`watch_tree` (docs/CONTRACT.md §6).
     fn lock_area(&self) -> Self;
 
     /// The pair at `key`, or `None` when absent (or expired).
@@ -94,7 +94,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// longer exists succeeds.
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()>;
 
-    /// Watch `target` (CONTRACT §5). The stream yields batches, each holding whole
+    /// Watch `target` (docs/CONTRACT.md §5). The stream yields batches, each holding whole
     /// revisions only, in revision order: first a `Snapshot` when `from` is
     /// [`WatchFrom::Snapshot`], then `Put`/`Delete` events, or a `Resync` when history
     /// was lost. It resumes by itself after a dropped connection and ends only when

@@ -1,4 +1,4 @@
-//! Key normalisation and validation (CONTRACT §1), done once here for every backend.
+//! Key normalisation and validation (docs/CONTRACT.md §1), done once here for every backend.
 //!
 //! A key is a UTF-8 string of `/`-separated segments. Leading and trailing `/` are dropped,
 //! so `"/a/b/"` and `"a/b"` name the same key. A [`Key`] or [`Prefix`] can only be built by
@@ -29,7 +29,7 @@ pub const MAX_KEY_LEN: usize = 4096;
 pub struct Key(String);
 
 /// A validated, normalised prefix (a "directory"). It names every key strictly below
-/// `prefix/`; the empty prefix names the whole store (CONTRACT §1).
+/// `prefix/`; the empty prefix names the whole store (docs/CONTRACT.md §1).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Prefix(String);
 
@@ -62,6 +62,13 @@ fn check_segments(raw: &str, normalised: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `key` is a valid key exactly as written (already normalised), without
+/// allocating. Reads use it to skip what another namespace's bookkeeping or another tool
+/// left in the keyspace (docs/CONTRACT.md §1).
+pub(crate) fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && normalise(key) == key && check_segments(key, key).is_ok()
 }
 
 impl Key {
@@ -193,6 +200,14 @@ mod tests {
             }
         }
         assert!(Key::new(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn only_keys_valid_as_written_pass_the_read_filter() {
+        assert!(is_valid_key("a/b"));
+        for key in ["", "/a", "a/", "a//b", "a/../b", "b\u{1}locks/x", "a\0b"] {
+            assert!(!is_valid_key(key), "{key:?}");
+        }
     }
 
     #[test]

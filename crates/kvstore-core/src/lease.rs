@@ -1,4 +1,4 @@
-//! Leases: a TTL on the server that keys attach to, kept alive by a handle (CONTRACT §4).
+//! Leases: a TTL on the server that keys attach to, kept alive by a handle (docs/CONTRACT.md §4).
 //!
 //! [`crate::Store::grant_lease`] returns a [`Lease`]. While the handle lives, a background
 //! task refreshes the lease every third of its TTL (as etcd's `clientv3` keep-alive does);
@@ -68,7 +68,7 @@ const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(500);
 
 /// A granted lease, kept alive in the background while this handle lives.
 ///
-/// Dropping the handle stops the keep-alive and revokes the lease (CONTRACT §4); use
+/// Dropping the handle stops the keep-alive and revokes the lease (docs/CONTRACT.md §4); use
 /// [`Lease::abandon`] to stop keeping it alive without revoking it.
 pub struct Lease {
     id: LeaseId,
@@ -174,30 +174,41 @@ impl Drop for Lease {
     }
 }
 
+/// Refresh the lease every third of its TTL until it is lost.
+///
+/// The lease's remaining life is counted from when the last successful keep-alive was
+/// *sent*, not answered: the server may have refreshed it at any moment in between, so
+/// only the send time is a safe lower bound on when it expires (docs/CONTRACT.md §4). A
+/// slow answer thus shortens the life we count on, and `lost()` fires before the server
+/// can have expired the lease and handed its lock to someone else.
 async fn keep_alive_loop(
     store: Arc<dyn Store>,
     grant: LeaseGrant,
     report: watch::Sender<Option<LeaseLoss>>,
 ) {
     let interval = grant.ttl / 3;
-    let mut last_success = Instant::now();
-    let mut next = last_success + interval;
+    // The lease was granted no earlier than this; its life counts from here.
+    let mut expires = Instant::now() + grant.ttl;
+    let mut next = Instant::now() + interval;
     loop {
         tokio::time::sleep_until(next).await;
+        let sent = Instant::now();
         // A keep-alive that cannot land before the lease would expire is pointless.
-        let deadline = last_success + grant.ttl;
-        let outcome = tokio::time::timeout_at(deadline, store.keep_alive_lease(grant.id)).await;
+        let outcome = tokio::time::timeout_at(expires, store.keep_alive_lease(grant.id)).await;
         let loss = match outcome {
-            Ok(Ok(_)) => {
-                last_success = Instant::now();
-                next = last_success + interval;
+            Ok(Ok(ttl)) => {
+                // The server's answer is the TTL from when it refreshed, which was after
+                // `sent`; never count on more than the granted TTL.
+                let life = ttl.min(grant.ttl);
+                expires = sent + life;
+                next = (sent + life / 3).max(Instant::now());
                 continue;
             }
             Ok(Err(Error::LeaseLost { reason, .. })) => reason,
             Ok(Err(Error::Closed { .. })) => LeaseLoss::StoreClosed,
-            Ok(Err(error)) if Instant::now() < deadline => {
+            Ok(Err(error)) if Instant::now() < expires => {
                 tracing::warn!(lease = %grant.id, %error, "lease keep-alive failed; retrying");
-                next = (Instant::now() + KEEP_ALIVE_RETRY.min(interval)).min(deadline);
+                next = (Instant::now() + KEEP_ALIVE_RETRY.min(interval)).min(expires);
                 continue;
             }
             Ok(Err(_)) | Err(_) => LeaseLoss::KeepAliveFailed,

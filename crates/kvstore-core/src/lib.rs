@@ -9,7 +9,7 @@
 //! - [`Backend`]: the few primitives a backend implements; every `Backend` is a `Store`,
 //!   and the semantics above the primitives (validation, TTL puts, watch views, lease
 //!   keep-alive, locks) are written once here;
-//! - [`Key`]/[`Prefix`] (CONTRACT §1), [`KvPair`] (§2), [`Lease`] (§4), the
+//! - [`Key`]/[`Prefix`] (docs/CONTRACT.md §1), [`KvPair`] (§2), [`Lease`] (§4), the
 //!   [`WatchEvent`] stream (§5), [`Locker`] (§6) and [`Error`] (§7).
 //!
 //! ```
@@ -45,6 +45,7 @@ mod lifecycle;
 mod lock;
 mod options;
 mod pair;
+mod redact;
 pub mod retry;
 mod store;
 mod watch;
@@ -56,8 +57,9 @@ pub use key::{Key, MAX_KEY_LEN, Prefix};
 pub use lease::{Lease, LeaseGrant, LeaseId, LeaseLoss};
 pub use lifecycle::Lifecycle;
 pub use lock::{LockGuard, Locker};
-pub use options::{DEFAULT_LOCK_TTL, LockOptions, PutOptions};
+pub use options::{DEFAULT_LOCK_TTL, LockOptions, MAX_TTL, PutOptions};
 pub use pair::KvPair;
+pub use redact::redact_url;
 pub use store::Store;
 pub use watch::{
     EventBatchStream, RESUME_MAX_DELAY, RESUME_MIN_DELAY, Snapshot, WatchEvent, WatchFrom,

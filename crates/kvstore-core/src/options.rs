@@ -7,6 +7,32 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::lease::LeaseId;
 
+/// The longest TTL accepted, for keys, leases and locks: etcd's own maximum lease TTL
+/// (9,000,000,000 s, about 285 years). A longer one is [`Error::InvalidArgument`], so an
+/// absurd duration (say `Duration::MAX`, or 1e30 s from a command line) is a typed error
+/// on every backend instead of an overflow (docs/CONTRACT.md §7).
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
+/// Check a TTL given to `operation`: neither zero nor over [`MAX_TTL`].
+pub(crate) fn check_ttl_range(ttl: Duration, operation: &'static str) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(Error::invalid_argument(
+            operation,
+            "a zero TTL is not allowed",
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::invalid_argument(
+            operation,
+            format!(
+                "a TTL of {ttl:?} is over the maximum of {} s",
+                MAX_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Options for `put` and `atomic_put`.
 ///
 /// `ttl` and `lease` are mutually exclusive: setting both is [`Error::InvalidArgument`].
@@ -14,8 +40,8 @@ use crate::lease::LeaseId;
 pub struct PutOptions {
     /// Expire the key this long after the write unless it is rewritten (libkv
     /// `WriteOptions.TTL`). Implemented as a fresh lease of that TTL that is not kept
-    /// alive; backends round it up to their granularity (etcd: whole seconds). Zero is
-    /// [`Error::InvalidArgument`].
+    /// alive; backends round it up to their granularity (etcd: whole seconds). Zero or
+    /// over [`MAX_TTL`] is [`Error::InvalidArgument`].
     pub ttl: Option<Duration>,
     /// Attach the key to an existing lease (etcd `WithLease`): it is deleted when the
     /// lease expires or is revoked.
@@ -46,13 +72,10 @@ impl PutOptions {
                 "`ttl` and `lease` are mutually exclusive",
             ));
         }
-        if self.ttl == Some(Duration::ZERO) {
-            return Err(Error::invalid_argument(
-                operation,
-                "a zero TTL is not allowed",
-            ));
+        match self.ttl {
+            Some(ttl) => check_ttl_range(ttl, operation),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! [`KvPair`]: a key, its value and its revisions (CONTRACT §2).
+//! [`KvPair`]: a key, its value and its revisions (docs/CONTRACT.md §2).
 
 use bytes::Bytes;
 

@@ -11,15 +11,15 @@ use futures::stream::BoxStream;
 use crate::backend::{Backend, Condition};
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
-use crate::key::{Key, Prefix};
+use crate::key::{Key, Prefix, is_valid_key};
 use crate::lease::{Lease, LeaseId};
 use crate::lock::Locker;
-use crate::options::{LockOptions, PutOptions};
+use crate::options::{LockOptions, PutOptions, check_ttl_range};
 use crate::pair::KvPair;
 use crate::watch::{self, WatchEvent, WatchFrom, WatchTarget};
 
 /// A coordination store: keys, values, revisions, leases, watches and locks, with the
-/// same semantics on every backend (CONTRACT §1–§7). Hold it as `Arc<dyn Store>`.
+/// same semantics on every backend (docs/CONTRACT.md §1–§7). Hold it as `Arc<dyn Store>`.
 ///
 /// Keys are `/`-separated paths relative to the store's namespace; invalid keys and
 /// oversize values are rejected with [`Error::InvalidKey`] / [`Error::ValueTooLarge`]
@@ -37,7 +37,7 @@ pub trait Store: Send + Sync + 'static {
     /// `options.lease` it is deleted when the lease ends.
     ///
     /// # Errors
-    /// `InvalidKey`, `ValueTooLarge`, `InvalidArgument` (both ttl and lease, zero ttl),
+    /// `InvalidKey`, `ValueTooLarge`, `InvalidArgument` (both ttl and lease, a zero ttl or one over [`crate::MAX_TTL`]),
     /// `Unsupported` (ttl/lease without lease support), `LeaseLost` (unknown lease), or the
     /// backend's I/O errors.
     async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair>;
@@ -128,14 +128,14 @@ pub trait Store: Send + Sync + 'static {
     /// [`Locker::lock`].
     ///
     /// # Errors
-    /// `InvalidKey`, `InvalidArgument` (zero TTL), `Unsupported` without lock support.
+    /// `InvalidKey`, `InvalidArgument` (a zero TTL or one over [`crate::MAX_TTL`]), `Unsupported` without lock support.
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker>;
 
     /// Grant a lease of `ttl` (rounded up to the backend's granularity) and keep it alive
     /// in the background every `ttl / 3` while the returned handle lives.
     ///
     /// # Errors
-    /// `InvalidArgument` for a zero TTL, `Unsupported` without lease support, I/O errors.
+    /// `InvalidArgument` for a zero TTL or one over [`crate::MAX_TTL`], `Unsupported` without lease support, I/O errors.
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease>;
 
     /// Refresh `lease` once (as `etcdctl lease keep-alive --once`); returns its TTL from
@@ -185,13 +185,7 @@ fn require<B: Backend>(backend: &B, supported: bool, operation: &'static str) ->
 
 fn check_ttl<B: Backend>(backend: &B, ttl: Duration, operation: &'static str) -> Result<()> {
     require(backend, Backend::capabilities(backend).leases, operation)?;
-    if ttl.is_zero() {
-        return Err(Error::invalid_argument(
-            operation,
-            "a zero TTL is not allowed",
-        ));
-    }
-    Ok(())
+    check_ttl_range(ttl, operation)
 }
 
 /// Validated write with options: a TTL becomes a fresh lease that is not kept alive
@@ -257,7 +251,9 @@ impl<B: Backend> Store for B {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        self.fetch_prefix(&Prefix::new(prefix)?).await
+        let mut pairs = self.fetch_prefix(&Prefix::new(prefix)?).await?;
+        pairs.retain(|pair| is_valid_key(&pair.key));
+        Ok(pairs)
     }
 
     async fn delete_tree(&self, prefix: &str) -> Result<()> {
@@ -292,7 +288,7 @@ impl<B: Backend> Store for B {
         let batches = self
             .subscribe(WatchTarget::Key(key), WatchFrom::Snapshot)
             .await?;
-        Ok(watch::key_view(batches))
+        Ok(watch::key_view(watch::only_valid_keys(batches)))
     }
 
     async fn watch_tree(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<KvPair>>>> {
@@ -301,7 +297,7 @@ impl<B: Backend> Store for B {
         let batches = self
             .subscribe(WatchTarget::Prefix(prefix), WatchFrom::Snapshot)
             .await?;
-        Ok(watch::tree_view(batches))
+        Ok(watch::tree_view(watch::only_valid_keys(batches)))
     }
 
     async fn watch_prefix_events(
@@ -316,7 +312,7 @@ impl<B: Backend> Store for B {
             "watch_prefix_events",
         )?;
         let batches = self.subscribe(WatchTarget::Prefix(prefix), from).await?;
-        Ok(watch::event_view(batches))
+        Ok(watch::event_view(watch::only_valid_keys(batches)))
     }
 
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker> {

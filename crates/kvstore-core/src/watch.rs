@@ -1,4 +1,4 @@
-//! Watch events and the libkv views built on them (CONTRACT §5).
+//! Watch events and the libkv views built on them (docs/CONTRACT.md §5).
 //!
 //! Backends produce one thing: a stream of [`WatchEvent`] batches for a key or a prefix
 //! ([`crate::Backend::subscribe`]). The user-facing forms are built here, once:
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::error::Result;
-use crate::key::{Key, Prefix};
+use crate::key::{Key, Prefix, is_valid_key};
 use crate::pair::KvPair;
 
 /// The full state of a watched key or prefix at one revision.
@@ -88,6 +88,31 @@ impl WatchTarget {
 /// A backend's watch: batches that each hold whole revisions, in revision order.
 pub type EventBatchStream = BoxStream<'static, Result<Vec<WatchEvent>>>;
 
+/// The batches without events for keys that are not valid as written (another
+/// namespace's lock bookkeeping, keys another tool wrote that break the key rules):
+/// reads and watches never return them (docs/CONTRACT.md §1). A batch left empty is
+/// dropped.
+pub(crate) fn only_valid_keys(batches: EventBatchStream) -> EventBatchStream {
+    batches
+        .filter_map(|batch| {
+            futures::future::ready(match batch {
+                Err(e) => Some(Err(e)),
+                Ok(mut events) => {
+                    events.retain_mut(|event| match event {
+                        WatchEvent::Snapshot(s) | WatchEvent::Resync(s) => {
+                            s.pairs.retain(|p| is_valid_key(&p.key));
+                            true
+                        }
+                        WatchEvent::Put(pair) => is_valid_key(&pair.key),
+                        WatchEvent::Delete { key, .. } => is_valid_key(key),
+                    });
+                    (!events.is_empty()).then_some(Ok(events))
+                }
+            })
+        })
+        .boxed()
+}
+
 /// The event-level view: batches flattened into single events.
 pub(crate) fn event_view(batches: EventBatchStream) -> BoxStream<'static, Result<WatchEvent>> {
     batches
@@ -159,6 +184,10 @@ pub trait WatchSource: Send + 'static {
     /// deliver yet; `Err` means the connection failed: [`resuming`] calls
     /// [`WatchSource::reset`], waits with backoff and steps again, resuming after the
     /// last delivered revision.
+    ///
+    /// The very first step must prove the watch works: read the snapshot (and start the
+    /// server-side watch) for [`WatchFrom::Snapshot`], or connect for
+    /// [`WatchFrom::After`]. [`resuming`] returns its error to the caller.
     async fn step(&mut self) -> Result<Option<Vec<WatchEvent>>>;
 
     /// Forget the broken connection and anything partly read, keeping the position.
@@ -170,12 +199,37 @@ pub const RESUME_MIN_DELAY: std::time::Duration = std::time::Duration::from_mill
 /// Longest delay between attempts to resume a failed watch.
 pub const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The stream of a [`WatchSource`] that never ends on a connection failure: it resumes
-/// with jittered backoff ([`RESUME_MIN_DELAY`] to [`RESUME_MAX_DELAY`]) and ends only
-/// when dropped or when `shutdown` is cancelled (the store closed). Authentication
-/// failures are yielded as `Err` items (CONTRACT §5), and resuming goes on, since
+/// Start a [`WatchSource`] and return its stream, which never ends on a connection
+/// failure afterwards.
+///
+/// The first step (reading the snapshot, or connecting for a watch that starts after a
+/// revision) runs before this returns, and its failure is returned as the error: a
+/// watch on an unreachable server fails within the backend's request timeout instead of
+/// waiting forever (docs/CONTRACT.md §7 "never hangs"). From then on the stream resumes
+/// by itself with jittered backoff ([`RESUME_MIN_DELAY`] to [`RESUME_MAX_DELAY`]) and
+/// ends only when dropped or when `shutdown` is cancelled (the store closed).
+/// Authentication failures are yielded as `Err` items (§5), and resuming goes on, since
 /// credentials may be restored.
-pub fn resuming<S: WatchSource>(
+///
+/// # Errors
+/// The first step's error; [`crate::Error::Closed`] when `shutdown` is already cancelled.
+pub async fn resuming<S: WatchSource>(
+    mut source: S,
+    shutdown: tokio_util::sync::CancellationToken,
+    backend: &'static str,
+) -> Result<EventBatchStream> {
+    let first = tokio::select! {
+        () = shutdown.cancelled() => return Err(crate::Error::Closed { backend }),
+        step = source.step() => step?,
+    };
+    let rest = resume(source, shutdown);
+    Ok(match first {
+        Some(batch) => stream::once(async move { Ok(batch) }).chain(rest).boxed(),
+        None => rest,
+    })
+}
+
+fn resume<S: WatchSource>(
     source: S,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> EventBatchStream {

@@ -1,4 +1,4 @@
-//! [`Instance`]: one registered endpoint of a service, stored as JSON (CONTRACT §9).
+//! [`Instance`]: one registered endpoint of a service, stored as JSON (docs/CONTRACT.md §9).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};

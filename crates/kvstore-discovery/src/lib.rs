@@ -2,7 +2,7 @@
 //!
 //! Providers register themselves with a lease and a heartbeat and disappear when they
 //! die; consumers and gateways always hold the live instance set; none of it depends on
-//! which store is underneath (CONTRACT §9). Records are JSON at
+//! which store is underneath (docs/CONTRACT.md §9). Records are JSON at
 //! `{namespace}/services/{service}/{id}`.
 //!
 //! ```

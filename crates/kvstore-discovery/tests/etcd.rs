@@ -36,3 +36,21 @@ discovery_tests! {
     harness = EtcdHarness,
     slack = Duration::from_secs(2),
 }
+
+/// A consumer whose registry went away gets an error from `watch`, within the store's
+/// request timeout, instead of waiting forever (docs/CONTRACT.md §7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fails_instead_of_hanging_when_etcd_is_gone() {
+    let mut server = kvstore_testsuite::server::EtcdServer::start().unwrap();
+    let mut config = EtcdConfig::new([server.address()]);
+    config.request_timeout = Duration::from_secs(2);
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
+    server.kill();
+    let discovery = kvstore_discovery::Discovery::new(store);
+    let watched = tokio::time::timeout(kvstore_testsuite::WAIT, discovery.watch("api")).await;
+    let error = watched
+        .expect("Discovery::watch answers within the request timeout")
+        .err()
+        .expect("the registry is gone");
+    assert!(error.is_retryable(), "{error}");
+}

@@ -16,6 +16,16 @@ fn is_lease_not_found(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// What etcd says about a token it no longer accepts (simple tokens expire after
+/// `--auth-token-ttl` without use; JWT tokens at their expiry).
+const INVALID_TOKEN: &str = "invalid auth token";
+
+/// Whether `error` is etcd refusing an expired or otherwise invalid auth token, which
+/// authenticating again fixes.
+pub(crate) fn is_expired_token(error: &Error) -> bool {
+    matches!(error, Error::Auth { message, .. } if message.contains(INVALID_TOKEN))
+}
+
 /// Name the lease in a [`Error::LeaseLost`] made by [`from_etcd`], which cannot know it.
 pub(crate) fn for_lease(error: Error, lease: LeaseId) -> Error {
     match error {
@@ -48,7 +58,7 @@ pub(crate) fn from_etcd(operation: &'static str, error: etcd_client::Error) -> E
                 },
                 Code::InvalidArgument
                     if message.contains("authentication failed")
-                        || message.contains("invalid auth token") =>
+                        || message.contains(INVALID_TOKEN) =>
                 {
                     Error::Auth {
                         backend: BACKEND,

@@ -7,18 +7,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
+    LeaseClient, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
     LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::EtcdConfig;
-use crate::error::{for_lease, from_etcd};
+use crate::error::{for_lease, from_etcd, is_expired_token};
 
 /// How often the HTTP/2 connection is pinged, so a dead or frozen server is noticed even
 /// by an idle watch.
@@ -26,15 +27,51 @@ const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a ping may go unanswered before the connection counts as dead.
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The largest response the client decodes: etcd's own Go client allows `math.MaxInt32`
+/// bytes, and etcd sends up to that. tonic's default of 4 MiB would refuse a range page
+/// or a watch catch-up (up to 1,000 revisions in one response) of large values.
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// Keys per page of a range read. Pages keep each response (and etcd's memory to build
+/// it) bounded on prefixes of any size; all pages are read at the first page's revision.
+pub(crate) const RANGE_PAGE_KEYS: i64 = 1000;
+
+/// First and longest pause between attempts of a read-only request that failed on a
+/// leader change or an unreachable member (the request timeout bounds the whole).
+const RETRY_MIN_DELAY: Duration = Duration::from_millis(25);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+
 /// The lock area sits beside the namespace: `{namespace}` + this + `/`. A control
 /// character cannot appear in a user namespace or key, so nothing a user writes can
 /// collide with it, and the range `{namespace}/…` never includes it.
 const LOCK_AREA_SUFFIX: &str = "\u{1}locks";
 
+/// Whether a request may be sent again after a failure that may have reached a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// A read (get, range, watch start): sending it again cannot change anything, so it
+    /// is retried with backoff through leader changes and lost members until the request
+    /// timeout, as etcd's Go client does.
+    Read,
+    /// A write: sent again only when it provably never reached a member (the connection
+    /// could not be made) or was refused for an expired auth token.
+    Write,
+}
+
+/// The etcd service clients one store uses, sharing one balanced channel and one auth
+/// token. Cloning is cheap.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    pub(crate) kv: KvClient,
+    pub(crate) watch: WatchClient,
+    pub(crate) lease: LeaseClient,
+}
+
 /// A store on etcd v3. Cloning gives another handle on the same connection.
 #[derive(Clone)]
 pub struct EtcdStore {
-    pub(crate) client: Client,
+    client: Client,
+    clients: Clients,
     /// `{namespace}/` (or the lock area's root): prepended to every key.
     pub(crate) root: Arc<str>,
     namespace: Arc<str>,
@@ -54,6 +91,9 @@ impl std::fmt::Debug for EtcdStore {
 impl EtcdStore {
     /// Connect to etcd and check that it answers.
     ///
+    /// Every endpoint is tried: a member that is down at connect time is skipped, and
+    /// connecting fails only when none answers within `connect_timeout`.
+    ///
     /// # Errors
     /// [`Error::Config`] for an invalid configuration; [`Error::Unavailable`] when no
     /// endpoint answers within `connect_timeout`; [`Error::Auth`] for rejected credentials.
@@ -62,7 +102,10 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(HTTP2_KEEP_ALIVE_INTERVAL, HTTP2_KEEP_ALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // etcd's auth tokens expire (`--auth-token-ttl`); a request refused for an
+            // expired token re-authenticates and is sent again (docs/CONTRACT.md §8).
+            .with_auto_token_refresh(true);
         if let Some(credentials) = &config.credentials {
             options = options.with_user(&credentials.username, &credentials.password);
         }
@@ -86,29 +129,44 @@ impl EtcdStore {
                 }
             })
             .collect();
-        let unreachable = || Error::Unavailable {
-            backend: BACKEND,
-            operation: "connect",
-            message: format!(
-                "no etcd endpoint of {:?} answered within {:?}",
-                config.endpoints, config.connect_timeout
-            ),
-            source: None,
+        let deadline = Instant::now() + config.connect_timeout;
+        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut last_error = None;
+        let client = loop {
+            let attempt = async {
+                let mut client = Client::connect(&endpoints, Some(options.clone())).await?;
+                // The channel connects lazily: one request proves a member is there.
+                client.status().await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(client)) => break client,
+                Ok(Err(error)) => from_etcd("connect", error),
+                Err(_) => return Err(last_error.unwrap_or_else(|| unreachable(&config))),
+            };
+            // The balanced channel may have picked a member that is down: try again,
+            // which reaches another one, until the connect timeout.
+            let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+            if !matches!(error, Error::Unavailable { .. }) || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, "etcd connect attempt failed; trying again");
+            last_error = Some(error);
+            tokio::time::sleep(delay).await;
         };
-        let connecting = async {
-            let mut client = Client::connect(&endpoints, Some(options))
-                .await
-                .map_err(|e| from_etcd("connect", e))?;
-            // The channel connects lazily: one request proves the server is there.
-            client.status().await.map_err(|e| from_etcd("connect", e))?;
-            Ok::<_, Error>(client)
+        let clients = Clients {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            lease: client.lease_client(),
         };
-        let client = tokio::time::timeout(config.connect_timeout, connecting)
-            .await
-            .map_err(|_| unreachable())??;
         let namespace: Arc<str> = config.namespace.trim_matches('/').into();
         Ok(EtcdStore {
             client,
+            clients,
             root: format!("{namespace}/").into(),
             namespace,
             config: Arc::new(config),
@@ -130,37 +188,82 @@ impl EtcdStore {
         self.lifecycle.shutdown()
     }
 
-    /// Run one request made by `request` on a client: `Closed` after shutdown, `Timeout`
-    /// after the request timeout, client errors mapped onto the contract.
+    /// Authenticate again now (after etcd refused a watch for an expired token).
+    pub(crate) async fn refresh_token(&self) -> Result<()> {
+        let refresh = self.client.refresh_token();
+        match tokio::time::timeout(self.config.request_timeout, refresh).await {
+            Ok(outcome) => outcome.map_err(|e| from_etcd("authenticate", e)),
+            Err(_) => Err(Error::Timeout {
+                operation: "authenticate",
+                after: self.config.request_timeout,
+            }),
+        }
+    }
+
+    /// Run one request made by `request`: `Closed` after shutdown, client errors mapped
+    /// onto the contract, and the whole bounded by the request timeout (the last failure
+    /// is returned when it runs out, or `Timeout` when the request never answered).
     ///
-    /// The client balances requests over every endpoint and keeps a dead member in its
-    /// rotation, so a request can land on a member that refuses connections. Such a
-    /// request never reached any server, so it is sent again (to the next member) up to
-    /// once per endpoint; that is what keeps a cluster serving when a member dies.
-    pub(crate) async fn call<T, F, Fut>(&self, operation: &'static str, request: F) -> Result<T>
+    /// Sending again, within that time:
+    /// - a request that never reached a member (the client balances over every endpoint
+    ///   and keeps a dead member in rotation, so a request can land on one that refuses
+    ///   connections) goes to the next member at once, up to once per endpoint, then
+    ///   with backoff;
+    /// - a request refused for an expired auth token re-authenticates and is sent again
+    ///   (once per call: a token refused again means the credentials are wrong);
+    /// - a [`Resend::Read`] that failed as unavailable (leader changed, no leader, member
+    ///   lost mid-request) is sent again with backoff, as etcd's Go client retries reads.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        resend: Resend,
+        request: F,
+    ) -> Result<T>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(Clients) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         self.lifecycle.ensure_open(BACKEND)?;
-        let attempts = async {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match request(self.client.clone()).await {
-                    Err(error) if attempt <= self.config.endpoints.len() && never_sent(&error) => {
-                        tracing::debug!(%error, operation, "etcd member unreachable; trying the next one");
-                    }
-                    outcome => return outcome,
+        let deadline = Instant::now() + self.config.request_timeout;
+        let timed_out = || Error::Timeout {
+            operation,
+            after: self.config.request_timeout,
+        };
+        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut immediate_resends = self.config.endpoints.len();
+        let mut refreshed = false;
+        let mut last_error: Option<Error> = None;
+        loop {
+            let outcome = tokio::time::timeout_at(deadline, request(self.clients.clone())).await;
+            let error = match outcome {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(_) => return Err(last_error.unwrap_or_else(timed_out)),
+            };
+            let unsent = never_sent(&error);
+            let error = from_etcd(operation, error);
+            if unsent && immediate_resends > 0 {
+                immediate_resends -= 1;
+                tracing::debug!(%error, operation, "etcd member unreachable; trying the next one");
+                continue;
+            }
+            if is_expired_token(&error) && !refreshed {
+                refreshed = true;
+                tracing::debug!(operation, "etcd auth token expired; authenticating again");
+                match tokio::time::timeout_at(deadline, self.client.refresh_token()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(refresh)) => return Err(from_etcd("authenticate", refresh)),
+                    Err(_) => return Err(timed_out()),
                 }
             }
-        };
-        match tokio::time::timeout(self.config.request_timeout, attempts).await {
-            Ok(result) => result.map_err(|e| from_etcd(operation, e)),
-            Err(_) => Err(Error::Timeout {
-                operation,
-                after: self.config.request_timeout,
-            }),
+            let resendable = unsent || (resend == Resend::Read && is_unavailable(&error));
+            let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+            if !resendable || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, operation, "etcd request failed; sending it again");
+            last_error = Some(error);
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -179,29 +282,68 @@ impl EtcdStore {
     }
 
     /// Read a key or everything below a prefix; returns the pairs and the revision read.
+    ///
+    /// A prefix is read in pages of [`RANGE_PAGE_KEYS`] keys, every page at the revision
+    /// of the first, so the result is one consistent snapshot of any size
+    /// (docs/CONTRACT.md §3 "Any size"). If etcd compacts that revision between pages,
+    /// the read starts over at a newer one.
     pub(crate) async fn read(&self, target: &WatchTarget) -> Result<(Vec<KvPair>, u64)> {
-        let (key, options) = match target {
-            WatchTarget::Key(key) => (self.etcd_key(key.as_str()), None),
-            WatchTarget::Prefix(prefix) => (
-                self.etcd_key(&prefix.key_start()),
-                Some(GetOptions::new().with_prefix()),
-            ),
+        let prefix = match target {
+            WatchTarget::Key(key) => {
+                let key = self.etcd_key(key.as_str());
+                let response = self
+                    .call("get", Resend::Read, |mut clients| {
+                        let key = key.clone();
+                        async move { clients.kv.get(key, None).await }
+                    })
+                    .await?;
+                let pairs = response.kvs().iter().filter_map(|kv| self.pair(kv));
+                return Ok((pairs.collect(), header_revision(response.header())));
+            }
+            WatchTarget::Prefix(prefix) => prefix,
         };
-        let response = self
-            .call("get", |mut client| {
-                let (key, options) = (key.clone(), options.clone());
-                async move { client.get(key, options).await }
-            })
-            .await?;
-        let read_at = response.header().map_or(0, |h| revision(h.revision()));
-        Ok((
-            response
-                .kvs()
-                .iter()
-                .filter_map(|kv| self.pair(kv))
-                .collect(),
-            read_at,
-        ))
+        let first_key = self.etcd_key(&prefix.key_start()).into_bytes();
+        let end = prefix_end(&first_key);
+        /// Starting over after a compaction between pages more often than this means
+        /// compaction outruns the read: report it.
+        const MAX_RESTARTS: usize = 3;
+        let mut restarts = 0;
+        'snapshot: loop {
+            let mut pairs = Vec::new();
+            let mut read_at: Option<i64> = None;
+            let mut start = first_key.clone();
+            loop {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(RANGE_PAGE_KEYS);
+                if let Some(at) = read_at {
+                    options = options.with_revision(at);
+                }
+                let page = self
+                    .call("list", Resend::Read, |mut clients| {
+                        let (start, options) = (start.clone(), options.clone());
+                        async move { clients.kv.get(start, Some(options)).await }
+                    })
+                    .await;
+                let page = match page {
+                    Err(error) if is_compacted(&error) && restarts < MAX_RESTARTS => {
+                        restarts += 1;
+                        continue 'snapshot;
+                    }
+                    other => other?,
+                };
+                let at = *read_at.get_or_insert(page.header().map_or(0, |h| h.revision()));
+                pairs.extend(page.kvs().iter().filter_map(|kv| self.pair(kv)));
+                match page.kvs().last() {
+                    Some(last) if page.more() => {
+                        // The next page starts just after the last key of this one.
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => return Ok((pairs, revision(at))),
+                }
+            }
+        }
     }
 
     /// The state of `key` after a failed compare: `KeyNotFound` or `KeyModified`.
@@ -217,6 +359,44 @@ impl EtcdStore {
             },
         }
     }
+}
+
+fn unreachable(config: &EtcdConfig) -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        operation: "connect",
+        message: format!(
+            "no etcd endpoint of {:?} answered within {:?}",
+            config.endpoints, config.connect_timeout
+        ),
+        source: None,
+    }
+}
+
+fn is_unavailable(error: &Error) -> bool {
+    matches!(error, Error::Unavailable { .. })
+}
+
+/// Whether etcd refused a read at a revision it has compacted.
+fn is_compacted(error: &Error) -> bool {
+    match error {
+        Error::Backend { source, .. } => source.to_string().contains("compacted"),
+        _ => false,
+    }
+}
+
+/// The end of etcd's range of every key starting with `start` (etcd's `GetPrefix`):
+/// `start` with its last byte below 0xff incremented, the rest dropped.
+fn prefix_end(start: &[u8]) -> Vec<u8> {
+    let mut end = start.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte is 0xff: the range runs to the end of the keyspace.
+    vec![0]
 }
 
 /// Whether `error` says the connection could not be made at all, so the request was
@@ -315,10 +495,10 @@ impl Backend for EtcdStore {
             // previous key-value still tells the create revision.
             Condition::Always => {
                 let response = self
-                    .call("put", |mut client| {
+                    .call("put", Resend::Write, |mut clients| {
                         let (key, value) = (etcd_key.clone(), value.to_vec());
                         let options = options.clone();
-                        async move { client.put(key, value, Some(options)).await }
+                        async move { clients.kv.put(key, value, Some(options)).await }
                     })
                     .await
                     .map_err(name_lease)?;
@@ -346,9 +526,9 @@ impl Backend for EtcdStore {
             .and_then([put])
             .or_else([TxnOp::get(etcd_key, None)]);
         let response = self
-            .call("put", |mut client| {
+            .call("put", Resend::Write, |mut clients| {
                 let txn = txn.clone();
-                async move { client.txn(txn).await }
+                async move { clients.kv.txn(txn).await }
             })
             .await
             .map_err(name_lease)?;
@@ -381,9 +561,9 @@ impl Backend for EtcdStore {
         match condition {
             Condition::Always => {
                 let response = self
-                    .call("delete", |mut client| {
+                    .call("delete", Resend::Write, |mut clients| {
                         let key = etcd_key.clone();
-                        async move { client.delete(key, None).await }
+                        async move { clients.kv.delete(key, None).await }
                     })
                     .await?;
                 Ok((response.deleted() > 0).then(|| header_revision(response.header())))
@@ -398,9 +578,9 @@ impl Backend for EtcdStore {
                     .and_then([TxnOp::delete(etcd_key.clone(), None)])
                     .or_else([TxnOp::get(etcd_key, None)]);
                 let response = self
-                    .call("atomic_delete", |mut client| {
+                    .call("atomic_delete", Resend::Write, |mut clients| {
                         let txn = txn.clone();
-                        async move { client.txn(txn).await }
+                        async move { clients.kv.txn(txn).await }
                     })
                     .await?;
                 if !response.succeeded() {
@@ -419,10 +599,11 @@ impl Backend for EtcdStore {
     async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
         let start = self.etcd_key(&prefix.key_start());
         let response = self
-            .call("delete_tree", |mut client| {
+            .call("delete_tree", Resend::Write, |mut clients| {
                 let start = start.clone();
                 async move {
-                    client
+                    clients
+                        .kv
                         .delete(start, Some(DeleteOptions::new().with_prefix()))
                         .await
                 }
@@ -436,8 +617,8 @@ impl Backend for EtcdStore {
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let seconds = i64::try_from(seconds.max(1)).unwrap_or(i64::MAX);
         let response = self
-            .call("grant_lease", |mut client| async move {
-                client.lease_grant(seconds, None).await
+            .call("grant_lease", Resend::Write, |mut clients| async move {
+                clients.lease.grant(seconds, None).await
             })
             .await?;
         self.lifecycle.track_lease(LeaseId(response.id()));
@@ -452,14 +633,14 @@ impl Backend for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let refresh = |mut client: Client| async move {
+        let refresh = |mut clients: Clients| async move {
             // Opening the stream sends one keep-alive and checks that the lease exists;
             // the second one reads back the TTL the server now grants.
-            let (mut keeper, mut responses) = client.lease_keep_alive(lease.0).await?;
+            let (mut keeper, mut responses) = clients.lease.keep_alive(lease.0).await?;
             keeper.keep_alive().await?;
             responses.message().await
         };
-        match self.call("keep_alive_lease", refresh).await {
+        match self.call("keep_alive_lease", Resend::Write, refresh).await {
             Ok(Some(response)) if response.ttl() > 0 => {
                 Ok(Duration::from_secs(revision(response.ttl())))
             }
@@ -473,8 +654,8 @@ impl Backend for EtcdStore {
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
         let outcome = self
-            .call("revoke_lease", |mut client| async move {
-                client.lease_revoke(lease.0).await
+            .call("revoke_lease", Resend::Write, |mut clients| async move {
+                clients.lease.revoke(lease.0).await
             })
             .await;
         self.lifecycle.forget_lease(lease);
@@ -486,7 +667,7 @@ impl Backend for EtcdStore {
 
     async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         self.lifecycle.ensure_open(BACKEND)?;
-        Ok(crate::watch::subscribe(self.clone(), target, from))
+        crate::watch::subscribe(self.clone(), target, from).await
     }
 
     async fn shutdown(&self) -> Result<()> {

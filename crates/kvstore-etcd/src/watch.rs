@@ -2,7 +2,11 @@
 //! revision after it; on a dropped stream (connection reset, server restart, member
 //! killed) re-create the watch from the last delivered revision + 1 with backoff; when
 //! etcd reports the start revision compacted, read the current state and yield it as a
-//! `Resync`.
+//! `Resync`. etcd cancels a watch it will not serve (permission denied, which is also
+//! how etcd 3.4 answers a watch sent with an expired auth token): the watcher
+//! authenticates again once and retries; a cancel that persists is yielded as an
+//! `Auth` error item and retried with backoff, and any other cancel is retried with
+//! backoff, never in a tight loop.
 
 use async_trait::async_trait;
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
@@ -11,7 +15,8 @@ use kvstore_core::{
     resuming,
 };
 
-use crate::store::{EtcdStore, revision};
+use crate::BACKEND;
+use crate::store::{EtcdStore, Resend, revision};
 
 struct Watcher {
     store: EtcdStore,
@@ -21,6 +26,8 @@ struct Watcher {
     /// The first revision not yet delivered.
     next: u64,
     stream: Option<WatchStream>,
+    /// Whether the token was refreshed for a cancel since the watch last worked.
+    refreshed: bool,
 }
 
 #[derive(PartialEq)]
@@ -30,11 +37,11 @@ enum Start {
     Events,
 }
 
-pub(crate) fn subscribe(
+pub(crate) async fn subscribe(
     store: EtcdStore,
     target: WatchTarget,
     from: WatchFrom,
-) -> EventBatchStream {
+) -> Result<EventBatchStream> {
     let (start, next) = match from {
         WatchFrom::Snapshot => (Start::Snapshot, 0),
         WatchFrom::After(revision) => (Start::Events, revision + 1),
@@ -46,8 +53,9 @@ pub(crate) fn subscribe(
         start,
         next,
         stream: None,
+        refreshed: false,
     };
-    resuming(watcher, shutdown)
+    resuming(watcher, shutdown, BACKEND).await
 }
 
 #[async_trait]
@@ -89,7 +97,7 @@ impl WatchSource for Watcher {
                     source: None,
                 })
             }
-            Some(response) => Ok(self.handle(response)),
+            Some(response) => self.handle(response).await,
         }
     }
 
@@ -112,23 +120,26 @@ impl Watcher {
             ),
         };
         self.store
-            .call("watch", |mut client| {
+            .call("watch", Resend::Read, |mut clients| {
                 let (key, options) = (key.clone(), options.clone());
-                async move { client.watch(key, Some(options)).await }
+                async move { clients.watch.watch(key, Some(options)).await }
             })
             .await
     }
 
-    fn handle(&mut self, response: WatchResponse) -> Option<Vec<WatchEvent>> {
+    async fn handle(&mut self, response: WatchResponse) -> Result<Option<Vec<WatchEvent>>> {
         if response.compact_revision() > 0 {
             // History we have not delivered is gone: resync from the current state.
             self.start = Start::Resync;
             self.stream = None;
-            return None;
+            return Ok(None);
         }
         if response.canceled() {
             self.stream = None;
-            return None;
+            return self.cancelled(response.cancel_reason()).await;
+        }
+        if response.created() {
+            self.refreshed = false;
         }
         let events: Vec<WatchEvent> = response
             .events()
@@ -147,8 +158,39 @@ impl Watcher {
                 }
             })
             .collect();
-        let last = events.last()?.revision();
+        let Some(last) = events.last().map(WatchEvent::revision) else {
+            return Ok(None);
+        };
         self.next = last + 1;
-        Some(events)
+        self.refreshed = false;
+        Ok(Some(events))
+    }
+
+    /// etcd cancelled the watch for `reason` (other than compaction). An error makes
+    /// [`resuming`] back off before the watch is opened again.
+    async fn cancelled(&mut self, reason: &str) -> Result<Option<Vec<WatchEvent>>> {
+        let refused = reason.contains("permission denied") || reason.contains("auth");
+        if refused && !self.refreshed {
+            // etcd 3.4 checks the token only when a watch is created and reports an
+            // expired one as "permission denied": authenticate again and reopen.
+            self.refreshed = true;
+            self.store.refresh_token().await?;
+            return Ok(None);
+        }
+        let message = format!("etcd cancelled the watch: {reason}");
+        Err(if refused {
+            Error::Auth {
+                backend: BACKEND,
+                operation: "watch",
+                message,
+            }
+        } else {
+            Error::Unavailable {
+                backend: BACKEND,
+                operation: "watch",
+                message,
+                source: None,
+            }
+        })
     }
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
-use kvstore_core::{Error, LeaseLoss, Store, WatchEvent, WatchFrom};
+use kvstore_core::{Error, LeaseLoss, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_testsuite::server::{EtcdCluster, EtcdServer};
 use kvstore_testsuite::{WAIT, next_item, put_retrying, unique_namespace};
@@ -153,4 +154,63 @@ async fn unreachable_endpoint_is_unavailable_within_the_connect_timeout() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_skips_an_endpoint_that_is_down() {
+    let server = EtcdServer::start().unwrap();
+    let dead = format!(
+        "127.0.0.1:{}",
+        kvstore_testsuite::server::free_port().unwrap()
+    );
+    for endpoints in [
+        vec![dead.clone(), server.address()],
+        vec![server.address(), dead.clone()],
+    ] {
+        let store = connect(endpoints, &unique_namespace()).await;
+        for i in 0..10 {
+            store
+                .put(&format!("k{i}"), Bytes::from("v"), PutOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(store.get(&format!("k{i}")).await.unwrap().value, "v");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_ride_through_the_loss_of_the_leader() {
+    let mut cluster = EtcdCluster::start().unwrap();
+    let store = connect(cluster.addresses(), &unique_namespace()).await;
+    let written = put_retrying(&store, "cfg/mode", "blue").await;
+    let leader = cluster.wait_for_leader(WAIT).unwrap();
+    cluster.kill(leader);
+    // Right after the leader dies, linearizable reads meet "leader changed" and "no
+    // leader" until a new one is elected: the store retries them, the caller sees none.
+    for _ in 0..20 {
+        assert_eq!(store.get("cfg/mode").await.unwrap(), written);
+        assert_eq!(store.list("cfg").await.unwrap(), [written.clone()]);
+        assert!(store.exists("cfg/mode").await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_store_whose_server_is_gone_fails_instead_of_hanging() {
+    let mut server = EtcdServer::start().unwrap();
+    let store = connect(vec![server.address()], &unique_namespace()).await;
+    server.kill();
+    for from in [WatchFrom::Snapshot, WatchFrom::After(1)] {
+        let watch = tokio::time::timeout(WAIT, store.watch_prefix_events("svc", from)).await;
+        let watch = watch.expect("the watch answers within its request timeout");
+        assert!(
+            matches!(
+                watch,
+                Err(Error::Unavailable { .. } | Error::Timeout { .. })
+            ),
+            "{:?}",
+            watch.err()
+        );
+    }
+    let view = tokio::time::timeout(WAIT, store.watch("svc/a")).await;
+    assert!(view.expect("no hang").is_err());
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
+    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget, redact_url,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Script, Value};
@@ -195,7 +195,7 @@ pub(crate) struct RangeRead {
 
 fn open_client(config: &RedisConfig) -> Result<redis::Client> {
     let bad = |e: redis::RedisError| Error::Config {
-        message: format!("invalid redis URL {:?}: {e}", config.url),
+        message: format!("invalid redis URL {:?}: {e}", redact_url(&config.url)),
     };
     #[cfg(feature = "tls")]
     if config.url.starts_with("rediss://") {
@@ -529,7 +529,7 @@ impl Backend for RedisStore {
 
     async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         self.lifecycle.ensure_open(BACKEND)?;
-        Ok(crate::watch::subscribe(self.clone(), target, from))
+        crate::watch::subscribe(self.clone(), target, from).await
     }
 
     async fn shutdown(&self) -> Result<()> {

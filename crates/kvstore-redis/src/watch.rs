@@ -62,11 +62,11 @@ struct Watcher {
     checked: bool,
 }
 
-pub(crate) fn subscribe(
+pub(crate) async fn subscribe(
     store: RedisStore,
     target: WatchTarget,
     from: WatchFrom,
-) -> EventBatchStream {
+) -> Result<EventBatchStream> {
     let (start, position) = match from {
         WatchFrom::Snapshot => (Start::Snapshot, 0),
         WatchFrom::After(revision) => (Start::Events, revision),
@@ -83,7 +83,7 @@ pub(crate) fn subscribe(
         checked: false,
     };
     let shutdown = watcher.store.shutdown_token().clone();
-    resuming(watcher, shutdown)
+    resuming(watcher, shutdown, crate::BACKEND).await
 }
 
 /// The stream id just after every entry of `revision`.

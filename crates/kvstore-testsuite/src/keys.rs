@@ -1,4 +1,4 @@
-//! CONTRACT §1: keys and values.
+//! docs/CONTRACT.md §1: keys and values.
 
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions};

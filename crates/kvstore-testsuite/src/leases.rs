@@ -1,4 +1,4 @@
-//! CONTRACT §4: leases and TTL.
+//! docs/CONTRACT.md §4: leases and TTL.
 
 use std::sync::Arc;
 use std::time::Duration;

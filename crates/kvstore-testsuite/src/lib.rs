@@ -1,6 +1,6 @@
 //! # kvstore-testsuite: the conformance suite, as a library
 //!
-//! CONTRACT.md turned into tests: one `pub async fn` per behaviour, each taking a
+//! docs/CONTRACT.md turned into tests: one `pub async fn` per behaviour, each taking a
 //! [`Harness`] that opens stores of the backend under test. Every test works under its
 //! own random namespace, so suites can share one server. A backend crate (ours or a third
 //! party's) runs all of it with one macro call:
@@ -33,6 +33,7 @@ mod leases;
 mod lifecycle;
 mod locks;
 mod operations;
+pub mod proxy;
 pub mod server;
 mod watch;
 
@@ -173,6 +174,7 @@ macro_rules! __each_conformance_test {
             atomic_delete_of_missing_key_fails_with_key_not_found,
             compare_and_swap_race_loses_no_increment,
             put_options_are_validated,
+            absurd_ttls_are_invalid_arguments,
             ttl_key_expires_and_watchers_see_the_delete,
             rewriting_ttl_key_without_ttl_keeps_it,
             revoking_a_lease_deletes_its_keys_at_one_revision,
@@ -191,6 +193,7 @@ macro_rules! __each_conformance_test {
             dropping_a_watch_leaves_the_store_usable,
             lock_value_is_visible_while_held_and_gone_after_unlock,
             lock_bookkeeping_is_invisible,
+            nested_namespace_lock_bookkeeping_is_never_read,
             lock_is_renewed_past_its_ttl,
             second_locker_waits_until_release,
             dead_holder_is_replaced_after_ttl,

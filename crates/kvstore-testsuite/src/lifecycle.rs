@@ -1,4 +1,4 @@
-//! CONTRACT §3 `close()` and §7 errors.
+//! docs/CONTRACT.md §3 `close()` and §7 errors.
 
 use futures::StreamExt;
 use kvstore_core::{Error, KvPair, LockOptions, PutOptions};

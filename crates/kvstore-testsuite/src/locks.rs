@@ -1,4 +1,4 @@
-//! CONTRACT §6: locks.
+//! docs/CONTRACT.md §6: locks.
 
 use std::sync::Arc;
 
@@ -63,6 +63,48 @@ pub async fn lock_bookkeeping_is_invisible(harness: &dyn Harness) {
     assert!(store.list("jobs/leader").await.unwrap().is_empty());
     guard.unlock().await.unwrap();
     assert!(store.list("").await.unwrap().is_empty());
+}
+
+/// A store whose namespace contains another's (`ns` and `ns/app`) never lists or watches
+/// the inner store's lock bookkeeping: reads return valid keys only (docs/CONTRACT.md
+/// §1), whatever the backend keeps beside a namespace.
+pub async fn nested_namespace_lock_bookkeeping_is_never_read(harness: &dyn Harness) {
+    let (namespace, outer) = fresh_store(harness).await;
+    if !locks_supported(&outer) {
+        return;
+    }
+    let inner = harness
+        .open(&format!("{namespace}/app"))
+        .await
+        .unwrap_or_else(|e| panic!("the harness could not open a store: {e}"));
+    let mut tree = outer.watch_tree("").await.unwrap();
+    let first = crate::next_item(&mut tree, "first list").await;
+    assert!(first.is_empty(), "{first:?}");
+    let guard = inner
+        .new_lock("jobs/leader", options(harness, "me"))
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
+    let marker = outer
+        .put("zz-marker", value("x"), PutOptions::default())
+        .await
+        .unwrap();
+    let valid = |key: &str| kvstore_core::Key::new(key).is_ok_and(|k| k.as_str() == key);
+    for pair in outer.list("").await.unwrap() {
+        assert!(valid(&pair.key), "{:?}", pair.key);
+    }
+    // The tree view reaches the marker without ever showing an invalid key.
+    loop {
+        let list = crate::next_item(&mut tree, "tree after lock").await;
+        for pair in &list {
+            assert!(valid(&pair.key), "{:?}", pair.key);
+        }
+        if list.iter().any(|p| p.revision == marker.revision) {
+            break;
+        }
+    }
+    guard.unlock().await.unwrap();
 }
 
 /// A held lock renews its lease: it is still held well past its TTL.

@@ -1,4 +1,4 @@
-//! CONTRACT §2–§3: revisions, listing, delete_tree and compare-and-swap.
+//! docs/CONTRACT.md §2–§3: revisions, listing, delete_tree and compare-and-swap.
 
 use std::time::Duration;
 
@@ -337,5 +337,41 @@ pub async fn put_options_are_validated(harness: &dyn Harness) {
         matches!(zero, Err(Error::InvalidArgument { .. })),
         "{zero:?}"
     );
+    assert!(!store.exists("k").await.unwrap());
+}
+
+/// Absurd TTLs (over [`kvstore_core::MAX_TTL`], up to `Duration::MAX`) are
+/// `InvalidArgument` for TTL puts, leases and locks, never a panic or an overflow, and
+/// nothing is written.
+pub async fn absurd_ttls_are_invalid_arguments(harness: &dyn Harness) {
+    let (_, store) = fresh_store(harness).await;
+    if !store.capabilities().leases {
+        return;
+    }
+    for ttl in [
+        kvstore_core::MAX_TTL + Duration::from_secs(1),
+        Duration::from_secs(u64::MAX),
+        Duration::MAX,
+    ] {
+        let put = store.put("k", value("x"), PutOptions::with_ttl(ttl)).await;
+        assert!(matches!(put, Err(Error::InvalidArgument { .. })), "{put:?}");
+        let lease = store.grant_lease(ttl).await;
+        assert!(
+            matches!(lease, Err(Error::InvalidArgument { .. })),
+            "{lease:?}"
+        );
+        let lock = store.new_lock(
+            "l",
+            kvstore_core::LockOptions {
+                ttl,
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(lock, Err(Error::InvalidArgument { .. })),
+            "{:?}",
+            lock.err()
+        );
+    }
     assert!(!store.exists("k").await.unwrap());
 }

@@ -1,4 +1,4 @@
-//! CONTRACT §5: watches.
+//! docs/CONTRACT.md §5: watches.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Discovery behaviours, written once and run on every backend (CONTRACT §9).
+//! Discovery behaviours, written once and run on every backend (docs/CONTRACT.md §9).
 
 use std::time::Duration;
 

@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::output::Format;
 
-/// kvctl: keys, watches, locks, leases and service records on any kvstore backend
-/// (etcd, Redis, memory), with the same semantics everywhere.
+/// kvctl: keys, watches, locks, leases and service records on etcd or Redis, with the
+/// same semantics as every kvstore backend.
 #[derive(Parser, Debug)]
 #[command(name = "kvctl", version, after_help = crate::exit::HELP)]
 pub struct Cli {
@@ -17,11 +17,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The store kvctl talks to unless told otherwise: etcd on this machine, as etcdctl.
+pub const DEFAULT_STORE: &str = "etcd://127.0.0.1:2379";
+
 /// Options every command takes.
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct Global {
-    /// Store URL: etcd://host:port[,host:port], redis://host:port[/db], memory://.
-    #[arg(long, env = "KVSTORE_URL", global = true, default_value = "memory://")]
+    /// Store URL: etcd://[user:password@]host:port[,host:port...][/namespace] or
+    /// redis[s]://[user:password@]host:port[/db]; by default etcd on this machine, as
+    /// etcdctl. memory:// is refused: each kvctl command is its own process, so its keys
+    /// would be lost when it exits.
+    // The env value is hidden in --help: it may hold a password.
+    #[arg(
+        long,
+        env = "KVSTORE_URL",
+        global = true,
+        default_value = DEFAULT_STORE,
+        hide_env_values = true
+    )]
     pub store: String,
     /// Root of the keys (overrides the URL's namespace).
     #[arg(long, global = true)]
@@ -32,21 +45,32 @@ pub struct Global {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
-    /// Username (etcd authentication, Redis ACL).
-    #[arg(long, global = true, requires = "password")]
+    /// Username (etcd authentication, Redis ACL); needs --password.
+    // Not `requires = "password"`: clap then refuses a password from the environment
+    // with a global --user, so kvctl checks the pair itself (main::check_arguments).
+    #[arg(long, global = true)]
     pub user: Option<String>,
-    /// Password for --user.
-    #[arg(
-        long,
-        global = true,
-        env = "KVSTORE_PASSWORD",
-        requires = "user",
-        hide_env_values = true
-    )]
+    /// Password for --user. Never printed.
+    #[arg(long, global = true, env = "KVSTORE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// PEM CA certificate to trust for TLS (etcd over https, rediss://).
     #[arg(long, global = true)]
     pub cacert: Option<PathBuf>,
+}
+
+/// Neither the password nor the URL's password is shown.
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Global")
+            .field("store", &kvstore::redact_url(&self.store))
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("output", &self.output)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("cacert", &self.cacert)
+            .finish()
+    }
 }
 
 /// What to do.

@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use kvstore::Error;
 
-/// The exit codes, as `kvctl --help` documents them.
+/// The store, and the exit codes, as `kvctl --help` documents them.
 pub const HELP: &str = "\
+Store:
+  --store URL or KVSTORE_URL; the default is etcd://127.0.0.1:2379, as etcdctl's.
+  memory:// is refused: each kvctl command would get a fresh empty store and its writes
+  would be lost when it exits.
+
 Exit codes:
   0  success
   1  any other failure

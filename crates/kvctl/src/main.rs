@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use kvstore::{OpenOptions, Store};
+use kvstore::{OpenOptions, Store, redact_url};
 
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{Cli, Command, Global, LeaseCommand, ServiceCommand};
 use crate::exit::{Context, Failure, usage};
 
 #[tokio::main]
@@ -28,19 +28,90 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The most seconds any flag takes: [`kvstore::MAX_TTL`] (etcd's longest lease TTL, about
+/// 285 years), the longest TTL kvstore accepts. Anything longer is a mistake, and
+/// refusing it here keeps absurd numbers away from timer arithmetic.
+const MAX_SECONDS: f64 = kvstore::MAX_TTL.as_secs() as f64;
+
 /// Seconds from the command line as a duration.
 ///
 /// # Errors
-/// A usage failure for a negative, zero or non-finite number.
+/// A usage failure naming `flag` for NaN, an infinite, negative or zero number, or one
+/// over [`MAX_SECONDS`].
 pub(crate) fn seconds(flag: &str, value: f64) -> Result<Duration, Failure> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(usage(
+    let refuse = || {
+        usage(
             flag,
-            format!("must be a positive number of seconds, got {value}"),
-        ))
+            format!(
+                "must be a number of seconds greater than 0 and at most {MAX_SECONDS}, got {value}"
+            ),
+        )
+    };
+    if !(value > 0.0 && value <= MAX_SECONDS) {
+        return Err(refuse());
     }
+    let duration = Duration::try_from_secs_f64(value).map_err(|_| refuse())?;
+    if duration.is_zero() {
+        // Positive but below a nanosecond.
+        return Err(refuse());
+    }
+    Ok(duration)
+}
+
+/// What `memory://` is refused with.
+pub(crate) const MEMORY_REFUSED: &str = "memory:// keeps keys only inside one process: each \
+    kvctl command would get a fresh empty store and its writes would be lost when it exits; \
+    use etcd:// or redis://";
+
+/// Check every number and ID on the command line before connecting, so bad input is a
+/// usage error (exit 2) even when the store cannot be reached.
+fn check_arguments(cli: &Cli) -> Result<(), Failure> {
+    seconds("--timeout", cli.global.timeout)?;
+    match (&cli.global.user, &cli.global.password) {
+        (Some(_), None) => {
+            return Err(usage(
+                "--user",
+                "needs a password: --password or KVSTORE_PASSWORD",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(usage(
+                "--password",
+                "needs --user (the password comes from --password or KVSTORE_PASSWORD)",
+            ));
+        }
+        _ => {}
+    }
+    if cli.global.store.split_once("://").map(|(scheme, _)| scheme) == Some("memory") {
+        return Err(usage("--store", MEMORY_REFUSED));
+    }
+    match &cli.command {
+        Command::Put { ttl, lease, .. } => {
+            if let Some(ttl) = ttl {
+                seconds("--ttl", *ttl)?;
+            }
+            if let Some(lease) = lease {
+                keys::lease_id(lease)?;
+            }
+        }
+        Command::Lock { ttl, .. } | Command::Svc(ServiceCommand::Register { ttl, .. }) => {
+            seconds("--ttl", *ttl)?;
+        }
+        Command::Lease(LeaseCommand::Grant { ttl }) => {
+            seconds("TTL", *ttl)?;
+        }
+        Command::Lease(LeaseCommand::Revoke { id } | LeaseCommand::KeepAlive { id }) => {
+            keys::lease_id(id)?;
+        }
+        Command::Get { .. }
+        | Command::Del { .. }
+        | Command::Ls { .. }
+        | Command::Rm { .. }
+        | Command::Cas { .. }
+        | Command::Watch { .. }
+        | Command::Svc(_) => {}
+    }
+    Ok(())
 }
 
 async fn open(global: &Global) -> Result<Arc<dyn Store>, Failure> {
@@ -61,10 +132,11 @@ async fn open(global: &Global) -> Result<Arc<dyn Store>, Failure> {
     };
     kvstore::open_with(&global.store, &options)
         .await
-        .context(|| format!("open {}", global.store))
+        .context(|| format!("open {}", redact_url(&global.store)))
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    check_arguments(&cli)?;
     let store = open(&cli.global).await?;
     let format = cli.global.output;
     let code = match cli.command {
@@ -108,5 +180,83 @@ pub(crate) async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_refuses_absurd_numbers_naming_the_flag() {
+        for value in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            -0.0,
+            0.0,
+            1e-12,
+            1e30,
+            f64::MAX,
+            MAX_SECONDS * 1.5,
+        ] {
+            let failure = seconds("--ttl", value).expect_err(&value.to_string());
+            assert_eq!(failure.context, "--ttl");
+            assert_eq!(failure.code(), exit::USAGE, "{value}");
+        }
+    }
+
+    #[test]
+    fn seconds_takes_sensible_numbers() {
+        assert_eq!(seconds("--ttl", 1.5).unwrap(), Duration::from_millis(1500));
+        assert_eq!(seconds("--ttl", 1e-9).unwrap(), Duration::from_nanos(1));
+        assert_eq!(
+            seconds("--ttl", MAX_SECONDS).unwrap(),
+            Duration::from_secs(9_000_000_000)
+        );
+    }
+
+    fn check(args: &[&str]) -> Result<(), Failure> {
+        let mut argv = vec!["kvctl"];
+        argv.extend_from_slice(args);
+        check_arguments(&Cli::try_parse_from(argv).expect("parses"))
+    }
+
+    #[test]
+    fn every_number_and_id_is_checked_before_connecting() {
+        for (args, context) in [
+            (&["--timeout", "inf", "get", "k"][..], "--timeout"),
+            (&["put", "k", "v", "--ttl", "1e30"][..], "--ttl"),
+            (&["put", "k", "v", "--lease", "xyz"][..], "--lease"),
+            (&["lock", "k", "--ttl", "NaN", "--", "true"][..], "--ttl"),
+            (&["lease", "grant", "1e300"][..], "TTL"),
+            (&["lease", "revoke", "xyz"][..], "--lease"),
+            (&["lease", "keep-alive", "xyz"][..], "--lease"),
+            (
+                &["svc", "register", "api", "h:1", "--ttl", "0"][..],
+                "--ttl",
+            ),
+            (&["--store", "memory://", "get", "k"][..], "--store"),
+            (&["--user", "u", "get", "k"][..], "--user"),
+            (&["--password", "p", "get", "k"][..], "--password"),
+        ] {
+            let failure = check(args).expect_err(&format!("{args:?}"));
+            assert_eq!(failure.context, context, "{args:?}");
+            assert_eq!(failure.code(), exit::USAGE, "{args:?}");
+        }
+        check(&["put", "k", "v", "--ttl", "30", "--timeout", "0.5"]).unwrap();
+        check(&["lease", "grant", "30"]).unwrap();
+        check(&["--user", "u", "get", "k", "--password", "p"]).unwrap();
+    }
+
+    #[test]
+    fn memory_is_refused_with_the_reason() {
+        let failure = check(&["--store", "memory://?namespace=a", "put", "a", "b"]).unwrap_err();
+        assert!(
+            failure.error.to_string().contains(MEMORY_REFUSED),
+            "{}",
+            failure.error
+        );
     }
 }

@@ -384,3 +384,172 @@ fn unreachable_store_fails_with_exit_5_within_the_timeout() {
         assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
     }
 }
+
+/// The kvctl binary with no store settings from the environment.
+fn bare_kvctl() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    command
+        .env_remove("KVSTORE_URL")
+        .env_remove("KVSTORE_PASSWORD");
+    command
+}
+
+/// Neither stdout nor stderr of `output` shows `secret`.
+fn assert_hidden(output: &Output, secret: &str, what: &str) {
+    for (stream, text) in [("stdout", stdout(output)), ("stderr", stderr(output))] {
+        assert!(!text.contains(secret), "{what}: {stream} shows it: {text}");
+    }
+}
+
+#[test]
+fn passwords_never_reach_the_output_when_the_store_is_unreachable() {
+    let redis = format!("redis://user:hunter2@127.0.0.1:{}/0", free_port().unwrap());
+    let etcd = format!("etcd://user:hunter2@127.0.0.1:{}", free_port().unwrap());
+    for url in [&redis, &etcd] {
+        let output = run(bare_kvctl().args(["--store", url, "--timeout", "1", "get", "k"]));
+        assert_exit(&output, 5, url);
+        assert_hidden(&output, "hunter2", url);
+        assert!(
+            stderr(&output).contains("user:***@127.0.0.1"),
+            "the URL is quoted redacted: {}",
+            stderr(&output)
+        );
+    }
+    // The password given as a flag or in the environment instead.
+    let redis = format!("redis://127.0.0.1:{}/0", free_port().unwrap());
+    let etcd = format!("etcd://127.0.0.1:{}", free_port().unwrap());
+    for url in [&redis, &etcd] {
+        let flag = run(bare_kvctl().args([
+            "--store",
+            url,
+            "--timeout",
+            "1",
+            "--user",
+            "user",
+            "--password",
+            "hunter2",
+            "get",
+            "k",
+        ]));
+        assert_exit(&flag, 5, url);
+        assert_hidden(&flag, "hunter2", url);
+        let env = run(bare_kvctl().env("KVSTORE_PASSWORD", "hunter2").args([
+            "--store",
+            url,
+            "--timeout",
+            "1",
+            "--user",
+            "user",
+            "get",
+            "k",
+        ]));
+        assert_exit(&env, 5, url);
+        assert_hidden(&env, "hunter2", url);
+    }
+}
+
+#[test]
+fn a_refused_password_is_not_shown() {
+    let server =
+        kvstore_testsuite::server::RedisServer::start_with(&["--requirepass", "the-right-one"])
+            .unwrap();
+    let url = format!("redis://default:hunter2@127.0.0.1:{}/0", server.port());
+    let output = run(bare_kvctl().args(["--store", &url, "--timeout", "2", "get", "k"]));
+    assert_exit(&output, 6, &url);
+    assert_hidden(&output, "hunter2", &url);
+    let flag = run(bare_kvctl().args([
+        "--store",
+        &server.url(),
+        "--timeout",
+        "2",
+        "--user",
+        "default",
+        "--password",
+        "hunter2",
+        "get",
+        "k",
+    ]));
+    assert_exit(&flag, 6, "--password");
+    assert_hidden(&flag, "hunter2", "--password");
+}
+
+#[test]
+fn absurd_numbers_are_usage_errors_naming_the_flag_not_panics() {
+    let store = format!("etcd://{}", shared_etcd().address());
+    let ns = unique_namespace();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["put", "k", "v", "--ttl", "1e30"], "--ttl"),
+        (vec!["put", "k", "v", "--ttl", "NaN"], "--ttl"),
+        (vec!["put", "k", "v", "--ttl", "inf"], "--ttl"),
+        (vec!["put", "k", "v", "--ttl=-1"], "--ttl"),
+        (vec!["put", "k", "v", "--ttl", "0"], "--ttl"),
+        (vec!["put", "k", "v", "--ttl", "1e-12"], "--ttl"),
+        (vec!["--timeout", "1e30", "get", "k"], "--timeout"),
+        (vec!["--timeout", "0", "get", "k"], "--timeout"),
+        (vec!["lock", "k", "--ttl", "1e30", "--", "true"], "--ttl"),
+        (vec!["lease", "grant", "1e30"], "TTL"),
+        (
+            vec!["svc", "register", "api", "h:1", "--ttl", "1e30"],
+            "--ttl",
+        ),
+    ];
+    for (args, flag) in cases {
+        let output = run(kvctl(&store, &ns).args(&args));
+        assert_exit(&output, 2, &format!("{args:?}"));
+        let err = stderr(&output);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    // Refused before connecting: a bad number is a usage error even with no store.
+    let unreachable = format!("etcd://127.0.0.1:{}", free_port().unwrap());
+    let output =
+        run(bare_kvctl().args(["--store", &unreachable, "put", "k", "v", "--ttl", "1e30"]));
+    assert_exit(&output, 2, "unreachable store");
+    // Nothing was written by the refused puts.
+    assert_exit(&run(kvctl(&store, &ns).args(["get", "k"])), 3, "get k");
+}
+
+#[test]
+fn memory_store_is_refused_with_the_reason() {
+    let explanation = "memory:// keeps keys only inside one process: each kvctl command would \
+        get a fresh empty store and its writes would be lost when it exits; use etcd:// or \
+        redis://";
+    let flag = run(bare_kvctl().args(["--store", "memory://", "put", "a", "b"]));
+    let env = run(bare_kvctl()
+        .env("KVSTORE_URL", "memory://")
+        .args(["put", "a", "b"]));
+    for output in [flag, env] {
+        assert_exit(&output, 2, "memory://");
+        assert!(stderr(&output).contains(explanation), "{}", stderr(&output));
+        assert_eq!(stdout(&output), "");
+    }
+}
+
+#[test]
+fn help_names_the_default_store_and_hides_the_environment() {
+    let help = run(bare_kvctl()
+        .env("KVSTORE_URL", "redis://user:hunter2@127.0.0.1:1/0")
+        .arg("--help"));
+    assert_exit(&help, 0, "--help");
+    let text = stdout(&help);
+    assert!(
+        text.contains("[default: etcd://127.0.0.1:2379]"),
+        "the default: {text}"
+    );
+    assert!(text.contains("memory:// is refused"), "{text}");
+    assert_hidden(&help, "hunter2", "--help");
+
+    // With no --store and no KVSTORE_URL, kvctl talks to etcd on this machine.
+    let output = run(bare_kvctl().args(["--timeout", "1", "get", "kvctl-default-store-probe"]));
+    match output.status.code() {
+        // Something answers on 127.0.0.1:2379: the key is absent or present.
+        Some(0 | 3) => {}
+        Some(5) => assert!(
+            stderr(&output).contains("open etcd://127.0.0.1:2379"),
+            "{}",
+            stderr(&output)
+        ),
+        other => panic!("{other:?}: {}", stderr(&output)),
+    }
+}

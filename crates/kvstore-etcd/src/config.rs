@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Key, Result};
+use kvstore_core::{Error, Key, Result, redact_url};
 
-/// Default time allowed to reach a server when connecting: 5 s (CONTRACT §7).
+/// Default time allowed to reach a server when connecting: 5 s (docs/CONTRACT.md §7).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default deadline of one request: 10 s.
@@ -20,7 +20,8 @@ pub const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// [`kvstore_core::MAX_KEY_LEN`] plus the namespace) and the request envelope.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = ETCD_MAX_REQUEST_BYTES - 8 * 1024;
 
-/// Username and password for etcd's authentication (`etcdctl user add`).
+/// Username and password for etcd's authentication (`etcdctl user add`). Its `Debug`
+/// shows the password as `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The etcd user.
@@ -33,14 +34,15 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("username", &self.username)
-            .field("password", &"<redacted>")
+            .field("password", &"***")
             .finish()
     }
 }
 
-/// TLS settings (feature `tls`): PEM-encoded CA, and optionally a client identity.
+/// TLS settings (feature `tls`): PEM-encoded CA, and optionally a client identity. Its
+/// `Debug` shows no certificate or key bytes, only `***` where they are set.
 #[cfg(feature = "tls")]
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TlsConfig {
     /// The CA certificate(s) that signed the server's certificate, PEM.
     pub ca_pem: Vec<u8>,
@@ -50,6 +52,19 @@ pub struct TlsConfig {
     pub client_key_pem: Option<Vec<u8>>,
     /// The server name to verify, when it differs from the endpoint host.
     pub domain: Option<String>,
+}
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |pem: Option<&Vec<u8>>| pem.map(|_| "***");
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &"***")
+            .field("client_cert_pem", &set(self.client_cert_pem.as_ref()))
+            .field("client_key_pem", &set(self.client_key_pem.as_ref()))
+            .field("domain", &self.domain)
+            .finish()
+    }
 }
 
 /// How to reach etcd and where keys live.
@@ -94,10 +109,11 @@ impl EtcdConfig {
     /// separated by commas, which a plain URL parser cannot read, hence this parser.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the malformed part.
+    /// [`Error::Config`] naming the malformed part, quoting the URL without its password
+    /// ([`redact_url`]).
     pub fn from_url(url: &str) -> Result<EtcdConfig> {
         let bad = |what: String| Error::Config {
-            message: format!("invalid etcd URL {url:?}: {what}"),
+            message: format!("invalid etcd URL {:?}: {what}", redact_url(url)),
         };
         let rest = url
             .strip_prefix("etcd://")
@@ -200,5 +216,51 @@ mod tests {
                 other => panic!("{url}: expected Config, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn errors_about_a_url_do_not_show_its_password() {
+        for url in [
+            "etcd://u:hunter2@h1",
+            "etcd://u:hunter2@h1:notaport,h2:2379/ns",
+            "etcd://u:hunter2@h1:2379/a//b",
+            "etcd://u:hunter2@h1:2379?colour=1",
+            "etcd://u:hunter2@h1:2379?request_timeout=soon",
+            "etcd://u:hunter2@h1:2379?connect_timeout=0",
+            "redis://u:hunter2@h1:2379",
+        ] {
+            match EtcdConfig::from_url(url) {
+                Err(error) => {
+                    let shown = format!("{error} {error:?}");
+                    assert!(!shown.contains("hunter2"), "{url}: {shown}");
+                }
+                Ok(config) => panic!("{url}: expected an error, got {config:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_does_not_show_the_password() {
+        let config = EtcdConfig::from_url("etcd://u:hunter2@h1:2379,h2:2379/ns").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains(r#"password: "***""#), "{debug}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn debug_does_not_show_key_material() {
+        let mut config = EtcdConfig::new(["h:2379"]);
+        config.tls = Some(TlsConfig {
+            ca_pem: b"ca-bytes".to_vec(),
+            client_cert_pem: Some(b"cert-bytes".to_vec()),
+            client_key_pem: Some(b"PRIVATE KEY secret-key-bytes".to_vec()),
+            domain: Some("etcd.local".into()),
+        });
+        let debug = format!("{config:?}");
+        for bytes in ["ca-bytes", "cert-bytes", "secret-key-bytes", "80, 82"] {
+            assert!(!debug.contains(bytes), "{debug}");
+        }
+        assert!(debug.contains("etcd.local"), "{debug}");
     }
 }

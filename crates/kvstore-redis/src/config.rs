@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Key, Result};
+use kvstore_core::{Error, Key, Result, redact_url};
 
-/// Default time allowed to connect: 5 s (CONTRACT §7).
+/// Default time allowed to connect: 5 s (docs/CONTRACT.md §7).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline of one request: 5 s (the redis crate's own default, 500 ms, is too
 /// short for a script that expires many leases).
@@ -18,7 +18,10 @@ pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
 
 /// How to reach Redis and where keys live.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` shows the URL with the password replaced by `***` ([`redact_url`]) and no
+/// certificate bytes.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
@@ -37,6 +40,22 @@ pub struct RedisConfig {
     /// otherwise.
     #[cfg(feature = "tls")]
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("RedisConfig");
+        debug
+            .field("url", &redact_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("stream_max_len", &self.stream_max_len)
+            .field("max_value_size", &self.max_value_size);
+        #[cfg(feature = "tls")]
+        debug.field("ca_pem", &self.ca_pem.as_ref().map(|_| "***"));
+        debug.finish()
+    }
 }
 
 impl RedisConfig {
@@ -59,10 +78,11 @@ impl RedisConfig {
     /// to the redis client.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the malformed part.
+    /// [`Error::Config`] naming the malformed part, quoting the URL without its password
+    /// ([`redact_url`]).
     pub fn from_url(raw: &str) -> Result<RedisConfig> {
         let bad = |what: String| Error::Config {
-            message: format!("invalid redis URL {raw:?}: {what}"),
+            message: format!("invalid redis URL {:?}: {what}", redact_url(raw)),
         };
         let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "redis" | "rediss") {
@@ -148,6 +168,51 @@ mod tests {
                     assert!(message.contains(needle), "{url}: {message}")
                 }
                 other => panic!("{url}: expected Config, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_does_not_show_the_password() {
+        let config = RedisConfig::from_url("redis://u:hunter2@127.0.0.1:1/0").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis://u:***@127.0.0.1:1/0"), "{debug}");
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("hunter2"), "{pretty}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn debug_does_not_show_certificate_bytes() {
+        let mut config = RedisConfig::new("rediss://h:6379");
+        config.ca_pem = Some(b"-----BEGIN CERTIFICATE-----secret-bytes".to_vec());
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("secret-bytes") && !debug.contains("45, 45"),
+            "{debug}"
+        );
+        assert!(debug.contains(r#"ca_pem: Some("***")"#), "{debug}");
+    }
+
+    #[test]
+    fn errors_about_a_url_do_not_show_its_password() {
+        for url in [
+            "redis://u:hunter2@h:6379/zero",
+            "redis://u:hunter2@h:notaport/0",
+            "redis://u:hunter2@h:6379?colour=1",
+            "redis://u:hunter2@h:6379?connect_timeout=soon",
+            "redis://u:hunter2@:6379/0",
+            "http://u:hunter2@h:6379",
+            "u:hunter2@h:6379",
+        ] {
+            match RedisConfig::from_url(url) {
+                Err(error) => {
+                    let shown = format!("{error} {error:?}");
+                    assert!(!shown.contains("hunter2"), "{url}: {shown}");
+                    assert!(shown.contains("***"), "{url}: {shown}");
+                }
+                Ok(config) => panic!("{url}: expected an error, got {config:?}"),
             }
         }
     }

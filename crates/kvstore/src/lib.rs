@@ -2,7 +2,7 @@
 //!
 //! libkv for Rust: key/value with revisions, compare-and-swap, leases and TTLs, lossless
 //! watches and fenced locks, with the same semantics on every backend (see
-//! [`kvstore_core`] and CONTRACT.md). Pick a backend with a Cargo feature and a URL:
+//! [`kvstore_core`] and docs/CONTRACT.md). Pick a backend with a Cargo feature and a URL:
 //!
 //! | URL | feature | backend |
 //! |---|---|---|

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, Store};
+use kvstore_core::{Error, Result, Store, redact_url};
 
 /// Settings that override what a URL says, for programs (like `kvctl`) that take them
 /// as separate flags. Unset fields keep the URL's value or the backend's default.
-#[derive(Clone, Debug, Default)]
+///
+/// Its `Debug` shows the password and the certificate as `***`.
+#[derive(Clone, Default)]
 pub struct OpenOptions {
     /// Root of the store's keys (etcd: key prefix; Redis: hash tag; memory: prefix).
     pub namespace: Option<String>,
@@ -21,6 +23,21 @@ pub struct OpenOptions {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// Open the store a URL names, as `Arc<dyn Store>`.
 ///
 /// - `memory://` — a new in-memory store; `?namespace=NAME` roots its keys.
@@ -32,7 +49,8 @@ pub struct OpenOptions {
 /// # Errors
 /// [`Error::Config`] for a malformed URL, an unknown scheme, or a scheme whose feature
 /// is not compiled in, naming the problem; the backend's connection errors
-/// (`Unavailable`, `Auth`) otherwise.
+/// (`Unavailable`, `Auth`) otherwise. Messages quote the URL without its password
+/// ([`redact_url`]).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     open_with(url, &OpenOptions::default()).await
 }
@@ -44,17 +62,26 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// certificate without the `tls` feature).
 pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let (scheme, _rest) = url.split_once("://").ok_or_else(|| Error::Config {
-        message: format!("{url:?} is not a store URL: expected SCHEME://..., e.g. memory://"),
+        message: format!(
+            "{:?} is not a store URL: expected SCHEME://..., e.g. memory://",
+            redact_url(url)
+        ),
     })?;
     match scheme {
         "memory" => open_memory(url, options),
         "etcd" => open_etcd(url, options).await,
         "redis" | "rediss" => open_redis(url, options).await,
-        other => Err(Error::Config {
-            message: format!(
-                "unknown store scheme {other:?} in {url:?}: expected memory://, etcd:// or redis://"
-            ),
-        }),
+        _ => {
+            // Both quoted from the redacted URL: text before `://` that is no valid
+            // scheme may hold a password.
+            let shown = redact_url(url);
+            let other = shown.split_once("://").map_or("", |(scheme, _)| scheme);
+            Err(Error::Config {
+                message: format!(
+                    "unknown store scheme {other:?} in {shown:?}: expected memory://, etcd:// or redis://"
+                ),
+            })
+        }
     }
 }
 
@@ -126,10 +153,10 @@ async fn open_redis(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> 
     }
     if let Some((username, password)) = &options.credentials {
         let mut parsed = url::Url::parse(&config.url).map_err(|e| Error::Config {
-            message: format!("invalid redis URL {url:?}: {e}"),
+            message: format!("invalid redis URL {:?}: {e}", redact_url(url)),
         })?;
         let refused = |_| Error::Config {
-            message: format!("redis URL {url:?} cannot carry credentials"),
+            message: format!("redis URL {:?} cannot carry credentials", redact_url(url)),
         };
         parsed.set_username(username).map_err(refused)?;
         parsed.set_password(Some(password)).map_err(refused)?;
@@ -152,11 +179,14 @@ async fn open_redis(url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>>
 #[cfg(feature = "memory")]
 fn open_memory(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let parsed = url::Url::parse(url).map_err(|e| Error::Config {
-        message: format!("malformed memory URL {url:?}: {e}"),
+        message: format!("malformed memory URL {:?}: {e}", redact_url(url)),
     })?;
     if parsed.host_str().is_some_and(|h| !h.is_empty()) || !matches!(parsed.path(), "" | "/") {
         return Err(Error::Config {
-            message: format!("memory URL {url:?} takes no host or path: use memory://"),
+            message: format!(
+                "memory URL {:?} takes no host or path: use memory://",
+                redact_url(url)
+            ),
         });
     }
     let mut config = kvstore_memory::MemoryConfig::default();
@@ -165,7 +195,10 @@ fn open_memory(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
             "namespace" => config.namespace = value.into_owned(),
             other => {
                 return Err(Error::Config {
-                    message: format!("unknown memory URL option {other:?} in {url:?}"),
+                    message: format!(
+                        "unknown memory URL option {other:?} in {:?}",
+                        redact_url(url)
+                    ),
                 });
             }
         }
@@ -179,4 +212,22 @@ fn open_memory(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
 #[cfg(not(feature = "memory"))]
 fn open_memory(_url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
     Err(feature_off("memory", "memory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_options_does_not_show_the_password_or_certificate() {
+        let options = OpenOptions {
+            credentials: Some(("root".into(), "hunter2".into())),
+            ca_pem: Some(b"certificate-bytes".to_vec()),
+            ..OpenOptions::default()
+        };
+        let debug = format!("{options:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("certificate-bytes"), "{debug}");
+        assert!(debug.contains(r#"Some(("root", "***"))"#), "{debug}");
+    }
 }

@@ -75,3 +75,28 @@ async fn redis_url_without_the_feature_names_the_feature() {
     let message = config_message(kvstore::open("redis://127.0.0.1:6379").await);
     assert!(message.contains("`redis` feature"), "{message}");
 }
+
+#[tokio::test]
+async fn errors_quoting_the_url_do_not_show_its_password() {
+    let mut urls = vec![
+        "u:hunter2@localhost:2379",
+        "u:hunter2@h://x",
+        "zookeeper://u:hunter2@h:2181",
+        "memory://u:hunter2@somehost/path",
+        "memory://u:hunter2@?colour=blue",
+    ];
+    if cfg!(feature = "etcd") {
+        urls.extend([
+            "etcd://u:hunter2@nohostport",
+            "etcd://u:hunter2@h:1?colour=1",
+        ]);
+    }
+    if cfg!(feature = "redis") {
+        urls.extend(["redis://u:hunter2@h:6379/notadb", "redis://u:hunter2@h:x/0"]);
+    }
+    for url in urls {
+        let message = config_message(kvstore::open(url).await);
+        assert!(!message.contains("hunter2"), "{url}: {message}");
+        assert!(message.contains("***"), "{url}: {message}");
+    }
+}

@@ -8,6 +8,7 @@
 mod allocator;
 mod discovery;
 mod kv;
+mod list;
 mod lock;
 mod measure;
 mod memory;
@@ -133,6 +134,27 @@ async fn main() -> Result<(), Failure> {
         )
         .await,
     );
+
+    eprintln!("etcd list of a 20 MiB prefix ...");
+    let (ours_list, raw_list) = list::compare(
+        &etcd_store(&etcd, "bench-list").await?,
+        &mut etcd_raw.clone(),
+        "bench-list",
+    )
+    .await?;
+    rows.push(Row {
+        backend: "etcd",
+        metric: format!(
+            "list of a {} MiB prefix ({} × {} B values), paged at one revision",
+            list::KEYS * list::VALUE_SIZE / (1 << 20),
+            list::KEYS,
+            list::VALUE_SIZE
+        ),
+        unit: "ms",
+        ours: ours_list,
+        raw: Some(raw_list),
+        target: Target::AtMost(1.2),
+    });
 
     eprintln!("redis get/put/cas ...");
     let redis_ours = redis_store(&redis, "bench").await?;

@@ -88,11 +88,12 @@ impl fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Start keeping `grant` alive on `store`. Called by [`crate::Store::grant_lease`];
-    /// a backend never needs it.
-    pub(crate) fn keep_alive(store: Arc<dyn Store>, grant: LeaseGrant) -> Lease {
+    /// Start keeping `grant` alive on `store`; `asked` is when the grant was requested,
+    /// the earliest moment the server can have started the lease's clock. Called by
+    /// [`crate::Store::grant_lease`]; a backend never needs it.
+    pub(crate) fn keep_alive(store: Arc<dyn Store>, grant: LeaseGrant, asked: Instant) -> Lease {
         let (report, loss) = watch::channel(None);
-        let keeper = tokio::spawn(keep_alive_loop(store.clone(), grant, report));
+        let keeper = tokio::spawn(keep_alive_loop(store.clone(), grant, asked, report));
         Lease {
             id: grant.id,
             ttl: grant.ttl,
@@ -184,12 +185,13 @@ impl Drop for Lease {
 async fn keep_alive_loop(
     store: Arc<dyn Store>,
     grant: LeaseGrant,
+    asked: Instant,
     report: watch::Sender<Option<LeaseLoss>>,
 ) {
     let interval = grant.ttl / 3;
-    // The lease was granted no earlier than this; its life counts from here.
-    let mut expires = Instant::now() + grant.ttl;
-    let mut next = Instant::now() + interval;
+    // The server started the lease's clock no earlier than the request: count from there.
+    let mut expires = asked + grant.ttl;
+    let mut next = asked + interval;
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();

@@ -12,11 +12,13 @@ const MASK: &str = "***";
 /// - a URL without a password (`redis://h:6379`, `redis://user@h`) is returned unchanged.
 ///
 /// The URL is read as a string, not parsed, so anything is accepted, including URLs a
-/// URL parser refuses (etcd's comma-separated hosts) and text without a scheme: the
-/// authority runs from after `scheme://` (or from the start, when the text does not begin
-/// with a valid scheme and `://`) to the first `/`, `?` or `#`; the userinfo is the
-/// authority up to its last `@`, and the password is the userinfo after its first `:`.
-/// Never panics.
+/// URL parser refuses (etcd's comma-separated hosts) and text without a scheme. It errs
+/// toward hiding: the userinfo runs from after `scheme://` (or from the start, when the
+/// text does not begin with a valid scheme and `://`) to the *last* `@` of the whole
+/// text, even past a `/`, `?` or `#` (a password with an unescaped `/` would otherwise
+/// end the authority early and show), and the password is the userinfo after its first
+/// `:`. An `@` in a query may thus hide a host too: a message then shows less, never a
+/// secret. Never panics.
 ///
 /// ```
 /// assert_eq!(
@@ -31,11 +33,10 @@ pub fn redact_url(url: &str) -> String {
         _ => 0,
     };
     let rest = &url[start..];
-    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
-    let Some(at) = authority.rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let userinfo = &authority[..at];
+    let userinfo = &rest[..at];
     let Some(colon) = userinfo.find(':') else {
         return url.to_owned();
     };
@@ -77,6 +78,9 @@ mod tests {
             // The userinfo ends at the last `@`; the password starts after the first `:`.
             ("redis://u:p@ss:w@h:1/0", "redis://u:***@h:1/0"),
             ("etcd://u:a:b@h:2379", "etcd://u:***@h:2379"),
+            // Reserved characters left unescaped in a password never end it early.
+            ("etcd://root:ab/cd@h:2379", "etcd://root:***@h:2379"),
+            ("redis://u:a?b#c@h:1/0", "redis://u:***@h:1/0"),
             // Without a scheme, the authority starts at the beginning.
             ("u:pw@h:2379", "u:***@h:2379"),
             ("u:pw@h://x", "u:***@h://x"),
@@ -96,9 +100,6 @@ mod tests {
             "redis://user@h:6379/0",
             "redis://user:@h:6379/0",
             "etcd://h1:2379,h2:2379/ns",
-            "etcd://h:2379/a@b",
-            "redis://h:6379?x=u:p@q",
-            "redis://h#u:p@q",
             "localhost:2379",
             "://",
             "://u:p",
@@ -107,6 +108,17 @@ mod tests {
             "a://@",
         ] {
             assert_eq!(redact_url(url), url, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn an_at_sign_after_the_authority_hides_more_never_less() {
+        for (url, expected) in [
+            ("etcd://h:2379/a@b", "etcd://h:***@b"),
+            ("redis://h:6379?x=u:p@q", "redis://h:***@q"),
+            ("redis://h#u:p@q", "redis://h#u:***@q"),
+        ] {
+            assert_eq!(redact_url(url), expected, "{url:?}");
         }
     }
 

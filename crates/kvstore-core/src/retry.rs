@@ -6,7 +6,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// Delays from `min` doubling up to `max`, each with random jitter so many clients that
-/// failed together do not retry together; never runs out.
+/// failed together do not retry together; never longer than `max` (backon adds its
+/// jitter after its own cap, so the cap is applied again here); never runs out.
 pub fn backoff(
     min: Duration,
     max: Duration,
@@ -18,5 +19,7 @@ pub fn backoff(
         .without_max_times()
         .build();
     // `without_max_times` never ends; the chain only satisfies the type system.
-    delays.chain(std::iter::repeat(max))
+    delays
+        .map(move |delay| delay.min(max))
+        .chain(std::iter::repeat(max))
 }

@@ -330,8 +330,9 @@ impl<B: Backend> Store for B {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         check_ttl(self, ttl, "grant_lease")?;
+        let asked = tokio::time::Instant::now();
         let grant = self.lease_grant(ttl).await?;
-        Ok(Lease::keep_alive(Arc::new(self.clone()), grant))
+        Ok(Lease::keep_alive(Arc::new(self.clone()), grant, asked))
     }
 
     async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {

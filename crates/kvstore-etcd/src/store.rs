@@ -21,11 +21,14 @@ use crate::BACKEND;
 use crate::config::EtcdConfig;
 use crate::error::{for_lease, from_etcd, is_expired_token};
 
-/// How often the HTTP/2 connection is pinged, so a dead or frozen server is noticed even
-/// by an idle watch.
-const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a ping may go unanswered before the connection counts as dead.
-const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection with open streams (watches, keep-alives) is pinged, so a dead
+/// or frozen server is noticed by an idle watch. etcd refuses pings more often than its
+/// `--grpc-keepalive-min-time` (5 s by default) on a connection it sent nothing on, and
+/// closes the connection after a few ("too_many_pings"), so this stays above it.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+/// How long a ping may go unanswered before the connection counts as dead: a silent
+/// server is noticed within interval + timeout (10 s).
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The largest response the client decodes: etcd's own Go client allows `math.MaxInt32`
 /// bytes, and etcd sends up to that. tonic's default of 4 MiB would refuse a range page
@@ -102,7 +105,12 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(HTTP2_KEEP_ALIVE_INTERVAL, HTTP2_KEEP_ALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true)
+            // etcd counts pings on a connection without streams as abuse.
+            .with_keep_alive_while_idle(false)
+            // A member cut off from the quorum ends its watches ("no leader") instead of
+            // keeping them open with nothing to send, and refuses requests at once, so
+            // both move to a member that can serve them.
+            .with_require_leader(true)
             // etcd's auth tokens expire (`--auth-token-ttl`); a request refused for an
             // expired token re-authenticates and is sent again (docs/CONTRACT.md §8).
             .with_auto_token_refresh(true);
@@ -223,8 +231,30 @@ impl EtcdStore {
         F: Fn(Clients) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        let deadline = self.deadline();
+        self.call_until(operation, resend, deadline, request).await
+    }
+
+    /// When a call (or several calls that make one operation) started now must end.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.config.request_timeout
+    }
+
+    /// [`EtcdStore::call`] with a deadline shared by several requests, so an operation
+    /// made of several (the pages of a range, a watch's snapshot and start) fails within
+    /// one request timeout.
+    pub(crate) async fn call_until<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        resend: Resend,
+        deadline: Instant,
+        request: F,
+    ) -> Result<T>
+    where
+        F: Fn(Clients) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         self.lifecycle.ensure_open(BACKEND)?;
-        let deadline = Instant::now() + self.config.request_timeout;
         let timed_out = || Error::Timeout {
             operation,
             after: self.config.request_timeout,
@@ -238,6 +268,9 @@ impl EtcdStore {
             let error = match outcome {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => error,
+                // A write cut off in flight may have been applied: say it timed out, not
+                // what an earlier attempt that never reached a member said.
+                Err(_) if resend == Resend::Write => return Err(timed_out()),
                 Err(_) => return Err(last_error.unwrap_or_else(timed_out)),
             };
             let unsent = never_sent(&error);
@@ -288,11 +321,20 @@ impl EtcdStore {
     /// (docs/CONTRACT.md §3 "Any size"). If etcd compacts that revision between pages,
     /// the read starts over at a newer one.
     pub(crate) async fn read(&self, target: &WatchTarget) -> Result<(Vec<KvPair>, u64)> {
+        self.read_until(target, self.deadline()).await
+    }
+
+    /// [`EtcdStore::read`], every page within `deadline`.
+    pub(crate) async fn read_until(
+        &self,
+        target: &WatchTarget,
+        deadline: Instant,
+    ) -> Result<(Vec<KvPair>, u64)> {
         let prefix = match target {
             WatchTarget::Key(key) => {
                 let key = self.etcd_key(key.as_str());
                 let response = self
-                    .call("get", Resend::Read, |mut clients| {
+                    .call_until("get", Resend::Read, deadline, |mut clients| {
                         let key = key.clone();
                         async move { clients.kv.get(key, None).await }
                     })
@@ -320,7 +362,7 @@ impl EtcdStore {
                     options = options.with_revision(at);
                 }
                 let page = self
-                    .call("list", Resend::Read, |mut clients| {
+                    .call_until("list", Resend::Read, deadline, |mut clients| {
                         let (start, options) = (start.clone(), options.clone());
                         async move { clients.kv.get(start, Some(options)).await }
                     })

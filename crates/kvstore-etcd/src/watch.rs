@@ -44,7 +44,7 @@ pub(crate) async fn subscribe(
 ) -> Result<EventBatchStream> {
     let (start, next) = match from {
         WatchFrom::Snapshot => (Start::Snapshot, 0),
-        WatchFrom::After(revision) => (Start::Events, revision + 1),
+        WatchFrom::After(revision) => (Start::Events, revision.saturating_add(1)),
     };
     let shutdown = store.shutdown_token().clone();
     let watcher = Watcher {
@@ -64,7 +64,9 @@ impl WatchSource for Watcher {
     /// to deliver yet.
     async fn step(&mut self) -> Result<Option<Vec<WatchEvent>>> {
         if self.start != Start::Events {
-            let (pairs, read_at) = self.store.read(&self.target).await?;
+            // The snapshot and the watch's start share one request timeout.
+            let deadline = self.store.deadline();
+            let (pairs, read_at) = self.store.read_until(&self.target, deadline).await?;
             let snapshot = Snapshot {
                 revision: read_at,
                 pairs,
@@ -72,7 +74,7 @@ impl WatchSource for Watcher {
             self.next = read_at + 1;
             // The watch is running before the snapshot is handed out, so a consumer
             // that has the snapshot is already being sent every later change.
-            self.stream = Some(self.open().await?);
+            self.stream = Some(self.open(deadline).await?);
             let event = match std::mem::replace(&mut self.start, Start::Events) {
                 Start::Snapshot => WatchEvent::Snapshot(snapshot),
                 _ => WatchEvent::Resync(snapshot),
@@ -80,7 +82,7 @@ impl WatchSource for Watcher {
             return Ok(Some(vec![event]));
         }
         let Some(stream) = self.stream.as_mut() else {
-            self.stream = Some(self.open().await?);
+            self.stream = Some(self.open(self.store.deadline()).await?);
             return Ok(None);
         };
         let response = stream
@@ -107,7 +109,7 @@ impl WatchSource for Watcher {
 }
 
 impl Watcher {
-    async fn open(&self) -> Result<WatchStream> {
+    async fn open(&self, deadline: tokio::time::Instant) -> Result<WatchStream> {
         let start = i64::try_from(self.next).unwrap_or(i64::MAX);
         let (key, options) = match &self.target {
             WatchTarget::Key(key) => (
@@ -120,7 +122,7 @@ impl Watcher {
             ),
         };
         self.store
-            .call("watch", Resend::Read, |mut clients| {
+            .call_until("watch", Resend::Read, deadline, |mut clients| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { clients.watch.watch(key, Some(options)).await }
             })
@@ -170,12 +172,17 @@ impl Watcher {
     /// [`resuming`] back off before the watch is opened again.
     async fn cancelled(&mut self, reason: &str) -> Result<Option<Vec<WatchEvent>>> {
         let refused = reason.contains("permission denied") || reason.contains("auth");
-        if refused && !self.refreshed {
+        if refused {
             // etcd 3.4 checks the token only when a watch is created and reports an
-            // expired one as "permission denied": authenticate again and reopen.
+            // expired one as "permission denied": authenticate again on every refusal
+            // (the backoff between attempts bounds the rate), so a watch recovers once
+            // credentials or permissions are back; the first time, reopen at once.
+            let first = !self.refreshed;
             self.refreshed = true;
             self.store.refresh_token().await?;
-            return Ok(None);
+            if first {
+                return Ok(None);
+            }
         }
         let message = format!("etcd cancelled the watch: {reason}");
         Err(if refused {

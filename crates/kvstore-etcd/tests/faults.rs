@@ -189,7 +189,10 @@ async fn reads_ride_through_the_loss_of_the_leader() {
     // leader" until a new one is elected: the store retries them, the caller sees none.
     for _ in 0..20 {
         assert_eq!(store.get("cfg/mode").await.unwrap(), written);
-        assert_eq!(store.list("cfg").await.unwrap(), std::slice::from_ref(&written));
+        assert_eq!(
+            store.list("cfg").await.unwrap(),
+            std::slice::from_ref(&written)
+        );
         assert!(store.exists("cfg/mode").await.unwrap());
     }
 }

@@ -11,18 +11,17 @@ if condition == 'revision' then
   if current[1] ~= expected then return { 'modified', tonumber(current[1]) } end
 end
 if lease ~= '' and not redis.call('ZSCORE', LEASES, lease) then return { 'no_lease', 0 } end
-local rev = next_revision()
+local rev, fresh = revision_to_write()
 local crev = rev
-if exists then
-  crev = tonumber(current[2])
-  detach(area, key, current[3])
-end
+if exists then crev = tonumber(current[2]) end
+log_put(rev, 0, 1, area, key, value, crev, lease)
+commit_revision(rev, fresh)
+if exists then detach(area, key, current[3]) end
 redis.call('DEL', dk)
-redis.call('HSET', dk, 'value', value, 'revision', rev, 'create_revision', crev)
+redis.call('HSET', dk, 'value', value, 'revision', int(rev), 'create_revision', int(crev))
 if lease ~= '' then
   redis.call('HSET', dk, 'lease', lease)
   redis.call('SADD', lease_members(lease), area .. '\0' .. key)
 end
 if not exists then redis.call('ZADD', index_key(area), 0, key) end
-log_put(rev, 0, 1, area, key, value, crev, lease)
 return { 'ok', rev, crev }

@@ -16,6 +16,9 @@ pub const DEFAULT_NAMESPACE: &str = "kvstore";
 pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 /// Default largest value: 1.5 MiB, as etcd, so code moves between backends unchanged.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
+/// Default time a write waits for its replicas when [`RedisConfig::wait_replicas`] is
+/// set: 1 s.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to reach Redis and where keys live.
 ///
@@ -36,6 +39,22 @@ pub struct RedisConfig {
     pub stream_max_len: u64,
     /// Largest value accepted, in bytes. Default 1.5 MiB.
     pub max_value_size: usize,
+    /// Opt-in durability: after every write (puts, deletes, lease grants, keep-alives and
+    /// revokes), wait with Redis's `WAIT` until this many replicas have it. A write that
+    /// fewer replicas acknowledged within [`RedisConfig::wait_timeout`] fails with
+    /// `Unavailable` (it is applied on the primary, but a failover may lose it). Default
+    /// 0: a write is acknowledged by the primary alone, and a failover to a lagging
+    /// replica can lose it (the watchers then resync).
+    pub wait_replicas: u32,
+    /// How long a write waits for [`RedisConfig::wait_replicas`]. Must be shorter than
+    /// the response timeout. Default [`DEFAULT_WAIT_TIMEOUT`].
+    pub wait_timeout: Duration,
+    /// Refuse to connect unless the server's `maxmemory-policy` is `noeviction`. An
+    /// evicting policy can silently drop keys (data, leases, the revision counter) under
+    /// memory pressure; by default that is only logged as a warning at connect (a
+    /// missing revision counter is then an error before any write, never a reused
+    /// revision). Default false.
+    pub require_noeviction: bool,
     /// PEM CA certificate to trust for `rediss://` (feature `tls`); the system roots
     /// otherwise.
     #[cfg(feature = "tls")]
@@ -51,7 +70,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("stream_max_len", &self.stream_max_len)
-            .field("max_value_size", &self.max_value_size);
+            .field("max_value_size", &self.max_value_size)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("require_noeviction", &self.require_noeviction);
         #[cfg(feature = "tls")]
         debug.field("ca_pem", &self.ca_pem.as_ref().map(|_| "***"));
         debug.finish()
@@ -68,14 +90,20 @@ impl RedisConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             stream_max_len: DEFAULT_STREAM_MAX_LEN,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            require_noeviction: false,
             #[cfg(feature = "tls")]
             ca_pem: None,
         }
     }
 
-    /// Parse `redis://[user:password@]host:port[/db][?namespace=NAME&connect_timeout=MS&response_timeout=MS]`
-    /// (or `rediss://`). The kvstore options are taken out of the query; the rest goes
-    /// to the redis client.
+    /// Parse `redis://[user:password@]host:port[/db][?options]` (or `rediss://`).
+    ///
+    /// Options: `namespace=NAME`, `connect_timeout=MS`, `response_timeout=MS`,
+    /// `wait_replicas=N` and `wait_timeout=MS` (opt-in durability, see
+    /// [`RedisConfig::wait_replicas`]), `require_noeviction=true|false`. The kvstore
+    /// options are taken out of the query; `protocol` goes to the redis client.
     ///
     /// # Errors
     /// [`Error::Config`] naming the malformed part, quoting the URL without its password
@@ -110,6 +138,19 @@ impl RedisConfig {
                 "namespace" => config.namespace = value.to_string(),
                 "connect_timeout" => config.connect_timeout = millis()?,
                 "response_timeout" => config.response_timeout = millis()?,
+                "wait_timeout" => config.wait_timeout = millis()?,
+                "wait_replicas" => {
+                    config.wait_replicas = value.parse().map_err(|_| {
+                        bad(format!("wait_replicas must be a count, got {value:?}"))
+                    })?;
+                }
+                "require_noeviction" => {
+                    config.require_noeviction = value.parse().map_err(|_| {
+                        bad(format!(
+                            "require_noeviction must be true or false, got {value:?}"
+                        ))
+                    })?;
+                }
                 "protocol" => passthrough.push((name.to_string(), value.to_string())),
                 other => return Err(bad(format!("unknown option {other:?}"))),
             }
@@ -127,7 +168,8 @@ impl RedisConfig {
     /// Check the configuration before connecting.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid namespace or a zero timeout.
+    /// [`Error::Config`] for an invalid namespace, a zero timeout, or a `wait_timeout` not
+    /// shorter than the response timeout.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::Config { message });
         if Key::new(&self.namespace).is_err() || self.namespace.contains(['{', '}']) {
@@ -135,6 +177,12 @@ impl RedisConfig {
         }
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return bad("redis timeouts must be greater than zero".into());
+        }
+        if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
+            return bad(format!(
+                "wait_timeout ({:?}) must be shorter than response_timeout ({:?})",
+                self.wait_timeout, self.response_timeout
+            ));
         }
         Ok(())
     }

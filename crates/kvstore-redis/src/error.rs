@@ -7,6 +7,10 @@ use redis::{ErrorKind, RedisError};
 
 use crate::BACKEND;
 
+/// The error code a script raises when the store's own keys are inconsistent (a revision
+/// counter evicted, deleted, foreign, or behind the change log), before any write.
+const CORRUPT: &str = "KVSTORE_CORRUPT";
+
 /// The contract error for a redis error during `operation` (a script name or command).
 pub(crate) fn from_redis(operation: &'static str, error: RedisError, timeout: Duration) -> Error {
     let auth = error.kind() == ErrorKind::AuthenticationFailed
@@ -22,6 +26,16 @@ pub(crate) fn from_redis(operation: &'static str, error: RedisError, timeout: Du
         return Error::Timeout {
             operation,
             after: timeout,
+        };
+    }
+    if error.to_string().contains(CORRUPT) {
+        return Error::Backend {
+            backend: BACKEND,
+            operation,
+            source: format!(
+                "the store's keys in Redis are inconsistent; nothing was written: {error}"
+            )
+            .into(),
         };
     }
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {

@@ -5,18 +5,40 @@
 //! keyspace notifications that lose events on every disconnect, unescaped `SCAN MATCH`):
 //!
 //! - **Every operation is one Lua script** (loaded once, called by SHA) that expires due
-//!   leases, checks, writes, bumps the global revision counter (`INCR`) and appends the
-//!   change to a Redis Stream (`XADD … MAXLEN ~`). CAS, create-only, atomic delete and
-//!   `delete_tree` are atomic, and one operation has one revision.
+//!   leases, checks, logs the change to a Redis Stream (`XADD … MAXLEN ~`), then writes
+//!   and moves the global revision counter. CAS, create-only, atomic delete and
+//!   `delete_tree` are atomic, and one operation has one revision. A script checks
+//!   everything that can fail before its first write, so an error never leaves it
+//!   half-applied.
 //! - **Watches** read the stream with `XREAD BLOCK` from the last entry they saw, on their
-//!   own connection; after a disconnect they resume from there, so nothing is lost. Entry
-//!   IDs are `<revision>-<n>` and revisions are consecutive, so a trimmed gap is detected
-//!   and answered with a `Resync`; so is a server that lost its data (the store's epoch
-//!   changes).
+//!   own connection; after a disconnect they resume from there, so nothing is lost. Each
+//!   entry names the revision before it, so a trimmed gap (even inside one revision with
+//!   more keys than the stream keeps) is detected and answered with a `Resync`.
 //! - **Leases** are a sorted set of deadlines on the Redis server's clock (`TIME`); every
 //!   script first expires due leases (deleting their keys and logging the deletes), and a
 //!   background reaper does so every [`REAP_INTERVAL`], so watchers see expiry like any
 //!   delete and reads never return an expired key. TTLs have millisecond granularity.
+//!
+//! ## Failure model (docs/CONTRACT.md §8 "redis, in production")
+//!
+//! | what happens in production | what the store does |
+//! |---|---|
+//! | restart without persistence (data lost) | the data's epoch changes: watchers `Resync`; lease ids are random 63-bit numbers, so a holder's keep-alive of a lease the server forgot is `LeaseLost` (its `lost()` fires within a keep-alive interval) and never refreshes another client's lease; revisions start again at the server clock in microseconds, above every earlier one, so fencing tokens never go backwards |
+//! | rollback that keeps the epoch (restart from an older RDB/AOF, failover to a lagging replica) | detected when a watcher reconnects: the counter is behind it, or the log entry at its position carries another *tip* (the random id of the call that wrote it); it `Resync`s. Revisions handed out after the rollback point may be handed out again: a fencing token from before a rollback can equal a later one; `wait_replicas` narrows that window |
+//! | a write acknowledged by the primary only, then a failover | may be lost (Redis replication is asynchronous). Opt in to `wait_replicas=N` (`WAIT`): a write is acknowledged only once N replicas have it, `Unavailable` otherwise |
+//! | a server that goes silent (host crash, blackholed network) | requests fail after the response timeout and their connection is replaced; watch connections read with a response timeout of [`WATCH_BLOCK`] + response timeout (7 s by default) and reconnect; TCP keep-alive and `TCP_USER_TIMEOUT` end dead connections too |
+//! | eviction (`maxmemory-policy` other than `noeviction`) | warned about at connect (refused with `require_noeviction=true`); an evicted or foreign revision counter, or one behind the change log, is an error before any write, never a reused revision |
+//! | a watcher further behind than the stream keeps | `Resync` to the current state |
+//!
+//! Not detected: a rollback followed by exactly the same number of writes *and* a
+//! trimmed entry at the watcher's position (the tip cannot be compared); values written
+//! between a primary's last replication and its failure when `wait_replicas` is 0.
+//!
+//! The stream is bounded in entries (`stream_max_len`, default 100,000, approximate);
+//! each entry holds its value, so its size in bytes is at most
+//! `stream_max_len × (max_value_size + key + ~100 B)`: with 1 KiB values about 110 MiB at
+//! the default bound. Lower `stream_max_len` for large values.
+//!
 //! - **Layout**, all under the hash tag `{namespace}` (one Redis Cluster slot):
 //!
 //! | key | type | holds |
@@ -24,8 +46,10 @@
 //! | `{ns}:kv:k:<key>` | hash | `value`, `revision`, `create_revision`, `lease` |
 //! | `{ns}:kv:idx` | sorted set | every key, score 0, for `ZRANGEBYLEX` prefix listing |
 //! | `{ns}:rev` | string | the revision counter |
-//! | `{ns}:log` | stream | the changes, id `<revision>-<n>` |
+//! | `{ns}:epoch` | string | a random id of this generation of the data |
+//! | `{ns}:log` | stream | the changes, id `<revision>-<n>`, with `prev` and `tip` |
 //! | `{ns}:leases` | sorted set | lease id → deadline (ms) |
+//! | `{ns}:lease-ttl` | hash | lease id → TTL (ms) |
 //! | `{ns}:lease:<id>` | set | the keys attached to a lease |
 //! | `{ns}:lock:…` | | lock waiter keys, outside the user keys |
 //!
@@ -45,6 +69,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod connection;
 mod error;
 mod scripts;
 mod store;
@@ -52,10 +77,10 @@ mod watch;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_RESPONSE_TIMEOUT,
-    DEFAULT_STREAM_MAX_LEN, RedisConfig,
+    DEFAULT_STREAM_MAX_LEN, DEFAULT_WAIT_TIMEOUT, RedisConfig,
 };
 pub use store::{REAP_INTERVAL, RedisStore};
-pub use watch::WATCH_CLIENT_NAME;
+pub use watch::{WATCH_BLOCK, WATCH_CLIENT_NAME};
 
 /// The backend's name in errors and [`kvstore_core::Store::backend`].
 pub const BACKEND: &str = "redis";

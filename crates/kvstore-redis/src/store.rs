@@ -9,12 +9,12 @@ use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
     LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget, redact_url,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
+use crate::connection::{Connection, tcp_settings};
 use crate::error::{from_redis, unexpected};
 use crate::scripts::{Reply, Scripts};
 
@@ -30,7 +30,7 @@ const LOCK_AREA: &str = "lock";
 #[derive(Clone)]
 pub struct RedisStore {
     pub(crate) client: redis::Client,
-    pub(crate) connection: ConnectionManager,
+    pub(crate) connection: Arc<Connection>,
     pub(crate) config: Arc<RedisConfig>,
     pub(crate) scripts: Arc<Scripts>,
     /// `{namespace}:rev`, the first key of every script.
@@ -63,27 +63,23 @@ impl RedisStore {
     pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
         config.validate()?;
         let client = open_client(&config)?;
-        let manager_config = ConnectionManagerConfig::new()
+        let request_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
         let timeout = config.connect_timeout;
         let connecting = async {
-            // One plain connection first: the connection manager retries every failure,
-            // rejected credentials included, where a clear error is wanted at once.
-            let probe = AsyncConnectionConfig::new().set_connection_timeout(Some(timeout));
             let mut first = client
-                .get_multiplexed_async_connection_with_config(&probe)
+                .get_multiplexed_async_connection_with_config(&request_config)
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
             redis::cmd("PING")
                 .query_async::<String>(&mut first)
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
-            ConnectionManager::new_with_config(client.clone(), manager_config)
-                .await
-                .map_err(|e| from_redis("connect", e, timeout))
+            check_eviction_policy(&mut first, &config).await?;
+            Ok::<_, Error>(first)
         };
-        let connection = tokio::time::timeout(timeout, connecting)
+        let first = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| Error::Unavailable {
                 backend: BACKEND,
@@ -91,6 +87,7 @@ impl RedisStore {
                 message: format!("redis did not answer within {timeout:?}"),
                 source: None,
             })??;
+        let connection = Arc::new(Connection::new(client.clone(), request_config, first));
         let store = RedisStore {
             client,
             connection,
@@ -136,7 +133,27 @@ impl RedisStore {
     ) -> Result<Value> {
         self.lifecycle.ensure_open(BACKEND)?;
         run_script(
-            &mut self.connection.clone(),
+            &self.connection,
+            script,
+            &self.revision_key,
+            &self.config,
+            operation,
+            args,
+        )
+        .await
+    }
+
+    /// Run a script that writes: as [`RedisStore::run`], then `WAIT` for replicas when
+    /// the configuration asks for durability.
+    pub(crate) async fn run_write(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value> {
+        self.lifecycle.ensure_open(BACKEND)?;
+        run_write_script(
+            &self.connection,
             script,
             &self.revision_key,
             &self.config,
@@ -177,11 +194,13 @@ impl RedisStore {
         let items = reply.items().ok_or_else(bad)?;
         let revision = items.first().and_then(Reply::int).ok_or_else(bad)?;
         let epoch = items.get(1).and_then(Reply::text).ok_or_else(bad)?;
-        let pairs = items.iter().skip(2).filter_map(RedisStore::pair).collect();
+        let tip = items.get(2).and_then(Reply::text).ok_or_else(bad)?;
+        let pairs = items.iter().skip(3).filter_map(RedisStore::pair).collect();
         Ok(RangeRead {
             pairs,
             revision: u64::try_from(revision).unwrap_or(0),
             epoch,
+            tip,
         })
     }
 }
@@ -191,6 +210,8 @@ pub(crate) struct RangeRead {
     pub pairs: Vec<KvPair>,
     pub revision: u64,
     pub epoch: String,
+    /// The tip of the change log entries of `revision` ('' when none is logged).
+    pub tip: String,
 }
 
 fn open_client(config: &RedisConfig) -> Result<redis::Client> {
@@ -202,10 +223,16 @@ fn open_client(config: &RedisConfig) -> Result<redis::Client> {
         // rustls needs one process-wide crypto provider; this keeps an existing one.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+    let info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad)?
+        .set_tcp_settings(tcp_settings(config.response_timeout));
     #[cfg(feature = "tls")]
     if let Some(ca) = &config.ca_pem {
         return redis::Client::build_with_tls(
-            config.url.as_str(),
+            info,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(ca.clone()),
@@ -213,33 +240,137 @@ fn open_client(config: &RedisConfig) -> Result<redis::Client> {
         )
         .map_err(bad);
     }
-    redis::Client::open(config.url.as_str()).map_err(bad)
+    redis::Client::open(info).map_err(bad)
 }
 
 async fn run_script(
-    connection: &mut ConnectionManager,
+    connection: &Connection,
     script: &Script,
     revision_key: &str,
     config: &RedisConfig,
     operation: &'static str,
     args: &[&[u8]],
 ) -> Result<Value> {
+    let invocation = invocation(script, revision_key, config, args);
+    connection
+        .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+        .await
+        .map_err(|e| from_redis(operation, e, config.response_timeout))
+}
+
+fn invocation<'a>(
+    script: &'a Script,
+    revision_key: &str,
+    config: &RedisConfig,
+    args: &[&[u8]],
+) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(revision_key);
     invocation.arg(epoch_candidate()).arg(config.stream_max_len);
     for arg in args {
         invocation.arg(*arg);
     }
     invocation
-        .invoke_async(connection)
+}
+
+/// Run a writing script and, when [`RedisConfig::wait_replicas`] asks for it, `WAIT` for
+/// its replicas in the same pipeline (so on the same connection, right after it): a
+/// write fewer replicas acknowledged is `Unavailable`.
+async fn run_write_script(
+    connection: &Connection,
+    script: &Script,
+    revision_key: &str,
+    config: &RedisConfig,
+    operation: &'static str,
+    args: &[&[u8]],
+) -> Result<Value> {
+    if config.wait_replicas == 0 {
+        return run_script(connection, script, revision_key, config, operation, args).await;
+    }
+    let failed = |e| from_redis(operation, e, config.response_timeout);
+    let invocation = invocation(script, revision_key, config, args);
+    let wait_ms = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut loaded = false;
+    let (reply, acknowledged): (Value, u32) = loop {
+        let pipeline = redis::pipe()
+            .invoke_script(&invocation)
+            .cmd("WAIT")
+            .arg(config.wait_replicas)
+            .arg(wait_ms)
+            .clone();
+        let outcome = connection
+            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await;
+        match outcome {
+            // A restarted server has forgotten the script: load it, once, and run again.
+            Err(e)
+                if !loaded
+                    && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let invocation = &invocation;
+                connection
+                    .run(|mut connection| async move {
+                        invocation.load_async(&mut connection).await
+                    })
+                    .await
+                    .map_err(failed)?;
+                loaded = true;
+            }
+            other => break other.map_err(failed)?,
+        }
+    };
+    if acknowledged < config.wait_replicas {
+        return Err(Error::Unavailable {
+            backend: BACKEND,
+            operation,
+            message: format!(
+                "the write reached {acknowledged} of {} replicas within {:?}; it is applied \
+                 on the primary but a failover may lose it",
+                config.wait_replicas, config.wait_timeout
+            ),
+            source: None,
+        });
+    }
+    Ok(reply)
+}
+
+/// Warn about (or, with [`RedisConfig::require_noeviction`], refuse) a server whose
+/// `maxmemory-policy` can evict keys. Servers that forbid `CONFIG` (managed services)
+/// are trusted.
+async fn check_eviction_policy(
+    connection: &mut redis::aio::MultiplexedConnection,
+    config: &RedisConfig,
+) -> Result<()> {
+    let policy: Option<(String, String)> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(connection)
         .await
-        .map_err(|e| from_redis(operation, e, config.response_timeout))
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "cannot read maxmemory-policy; assuming noeviction");
+            None
+        });
+    let Some((_, policy)) = policy else {
+        return Ok(());
+    };
+    if policy == "noeviction" {
+        return Ok(());
+    }
+    let message = format!(
+        "redis maxmemory-policy is {policy:?}: under memory pressure it can evict kvstore's \
+         keys (values, leases, the revision counter); set it to noeviction"
+    );
+    if config.require_noeviction {
+        return Err(Error::Config { message });
+    }
+    tracing::warn!("{message}");
+    Ok(())
 }
 
 /// Expires due leases every [`REAP_INTERVAL`], so watchers see expiry even when nobody
 /// reads. It holds no strong reference to the handle's lifecycle: it ends when the
 /// store is closed or its last handle dropped.
 struct Reaper {
-    connection: ConnectionManager,
+    connection: Arc<Connection>,
     scripts: Arc<Scripts>,
     revision_key: Arc<str>,
     config: Arc<RedisConfig>,
@@ -248,7 +379,7 @@ struct Reaper {
 }
 
 impl Reaper {
-    async fn run(mut self) {
+    async fn run(self) {
         let mut ticks = tokio::time::interval(REAP_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -260,7 +391,7 @@ impl Reaper {
                 return;
             }
             let reaped = run_script(
-                &mut self.connection,
+                &self.connection,
                 &self.scripts.reap,
                 &self.revision_key,
                 &self.config,
@@ -313,16 +444,18 @@ impl Backend for RedisStore {
     async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
         self.lifecycle.ensure_open(BACKEND)?;
         let timeout = self.config.response_timeout;
-        let mut connection = self.connection.clone();
+        let read = redis::cmd("HMGET")
+            .arg(self.redis_key(key.as_str()))
+            .arg(&["value", "revision", "create_revision", "lease"])
+            .clone();
         let (value, revision, create_revision, lease): (
             Option<Vec<u8>>,
             Option<u64>,
             Option<u64>,
             Option<i64>,
-        ) = redis::cmd("HMGET")
-            .arg(self.redis_key(key.as_str()))
-            .arg(&["value", "revision", "create_revision", "lease"])
-            .query_async(&mut connection)
+        ) = self
+            .connection
+            .run(|mut connection| async move { read.query_async(&mut connection).await })
             .await
             .map_err(|e| from_redis("get", e, timeout))?;
         let (Some(value), Some(revision), Some(create_revision)) =
@@ -331,12 +464,14 @@ impl Backend for RedisStore {
             return Ok(None);
         };
         if let Some(lease) = lease {
-            let alive: i64 = self
+            let mut check = self
                 .scripts
                 .lease_alive
-                .key(format!("{{{}}}:leases", self.config.namespace))
-                .arg(lease)
-                .invoke_async(&mut connection)
+                .key(format!("{{{}}}:leases", self.config.namespace));
+            check.arg(lease);
+            let alive: i64 = self
+                .connection
+                .run(|mut connection| async move { check.invoke_async(&mut connection).await })
                 .await
                 .map_err(|e| from_redis("get", e, timeout))?;
             if alive == 0 {
@@ -366,7 +501,7 @@ impl Backend for RedisStore {
         let (condition_name, expected) = condition_args(condition);
         let lease_arg = lease.map(|l| l.0.to_string()).unwrap_or_default();
         let reply = self
-            .run(
+            .run_write(
                 "put",
                 &self.scripts.put,
                 &[
@@ -424,7 +559,7 @@ impl Backend for RedisStore {
         }
         let (condition_name, expected) = condition_args(condition);
         let reply = self
-            .run(
+            .run_write(
                 "delete",
                 &self.scripts.delete,
                 &[
@@ -459,7 +594,7 @@ impl Backend for RedisStore {
     async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
         let start = prefix.key_start();
         let reply = self
-            .run(
+            .run_write(
                 "delete_tree",
                 &self.scripts.delete_prefix,
                 &[self.area.as_bytes(), start.as_bytes()],
@@ -472,23 +607,49 @@ impl Backend for RedisStore {
         Ok((revision > 0).then_some(revision))
     }
 
+    /// Lease ids are random 63-bit numbers drawn here, never a counter: a counter starts
+    /// again after Redis loses its data, and a holder's keep-alive would then refresh
+    /// (or its revoke delete) another client's lease. An unknown id is `LeaseLost`.
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+        /// Draws of a taken id in a row before giving up: with 63-bit ids, a second one
+        /// means something is wrong.
+        const MAX_DRAWS: usize = 3;
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let reply = self
-            .run(
-                "grant_lease",
-                &self.scripts.lease_grant,
-                &[millis.to_string().as_bytes()],
-            )
-            .await?;
-        let id = reply
-            .int()
-            .ok_or_else(|| unexpected("grant_lease", format!("unexpected reply {reply:?}")))?;
-        self.lifecycle.track_lease(LeaseId(id));
-        Ok(LeaseGrant {
-            id: LeaseId(id),
-            ttl: Duration::from_millis(millis),
-        })
+        for _ in 0..MAX_DRAWS {
+            let id = LeaseId(
+                i64::try_from(rand::random::<u64>() >> 1)
+                    .unwrap_or(1)
+                    .max(1),
+            );
+            let reply = self
+                .run_write(
+                    "grant_lease",
+                    &self.scripts.lease_grant,
+                    &[millis.to_string().as_bytes(), id.0.to_string().as_bytes()],
+                )
+                .await?;
+            let items = reply.items().unwrap_or_default();
+            match items.first().and_then(Reply::text).as_deref() {
+                Some("ok") => {
+                    self.lifecycle.track_lease(id);
+                    return Ok(LeaseGrant {
+                        id,
+                        ttl: Duration::from_millis(millis),
+                    });
+                }
+                Some("taken") => continue,
+                _ => {
+                    return Err(unexpected(
+                        "grant_lease",
+                        format!("unexpected reply {reply:?}"),
+                    ));
+                }
+            }
+        }
+        Err(unexpected(
+            "grant_lease",
+            format!("{MAX_DRAWS} random lease ids in a row were taken"),
+        ))
     }
 
     fn lease_detach(&self, lease: LeaseId) {
@@ -497,7 +658,7 @@ impl Backend for RedisStore {
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
         let reply = self
-            .run(
+            .run_write(
                 "keep_alive_lease",
                 &self.scripts.lease_keep_alive,
                 &[lease.0.to_string().as_bytes()],
@@ -517,7 +678,7 @@ impl Backend for RedisStore {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        self.run(
+        self.run_write(
             "revoke_lease",
             &self.scripts.lease_revoke,
             &[lease.0.to_string().as_bytes()],

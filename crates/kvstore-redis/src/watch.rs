@@ -1,12 +1,22 @@
 //! Watches that never lose an event, on the change stream.
 //!
-//! Each watcher reads the store's stream (`XREAD BLOCK`) on its own connection (without
-//! a response timeout, which would break blocking reads), from the last entry it has
-//! seen. Stream entry IDs are `<revision>-<n>` and revisions are consecutive, so a gap
-//! is visible: when an entry's revision is not the next one, history was trimmed past
-//! the watcher and it yields a `Resync`. Every read also checks the data's epoch, which
-//! changes when Redis lost its data (a restart without persistence): then, too, the
-//! watcher yields a `Resync` to the current state instead of hanging or replaying.
+//! Each watcher reads the store's stream (`XREAD BLOCK`) on its own connection, from the
+//! last entry it has seen. Stream entry IDs are `<revision>-<n>` and each entry names the
+//! revision before it, so a gap is visible: when the next entry does not follow the
+//! watcher's position, history was trimmed past the watcher and it yields a `Resync`; so
+//! does a revision whose first entries were trimmed (a revision with more keys than the
+//! stream bound). Every read also checks the
+//! data's epoch, which changes when Redis lost its data (a restart without persistence):
+//! then, too, the watcher yields a `Resync` to the current state instead of hanging or
+//! replaying. A rollback that keeps the epoch (a restart from an older RDB/AOF, a
+//! failover to a lagging replica) is detected at reconnect: the counter is behind the
+//! watcher, or the log entry at the watcher's position carries another tip (the random
+//! id of the call that wrote it) than the one the watcher saw.
+//!
+//! A watch connection blocks in `XREAD BLOCK` for [`WATCH_BLOCK`] at a time, and its response
+//! timeout is that plus the store's response timeout: a server that goes silent (host
+//! crash, blackholed network) fails the read within `WATCH_BLOCK + response_timeout` (7 s by
+//! default) and the watch reconnects.
 
 use std::time::Duration;
 
@@ -24,8 +34,9 @@ use crate::error::{from_redis, unexpected};
 use crate::scripts::Reply;
 use crate::store::RedisStore;
 
-/// How long one `XREAD` blocks before asking again.
-const BLOCK: Duration = Duration::from_secs(2);
+/// How long one `XREAD` of a watch blocks before asking again; a watch connection's
+/// response timeout is this plus the store's response timeout.
+pub const WATCH_BLOCK: Duration = Duration::from_secs(2);
 /// Most stream entries read at once.
 const READ_COUNT: usize = 1000;
 /// The client name of watch connections, as `CLIENT LIST` shows it.
@@ -41,7 +52,13 @@ enum Start {
 /// One parsed stream entry.
 struct Entry {
     revision: u64,
+    /// Its place among the entries of its revision, from 0.
+    seq: usize,
+    /// The revision before it (the one a watcher must be at to read on from it).
+    prev: u64,
     entries_in_revision: usize,
+    /// The random id of the script call that wrote it.
+    tip: String,
     event: Option<WatchEvent>,
 }
 
@@ -53,6 +70,8 @@ struct Watcher {
     position: u64,
     /// The data epoch the position belongs to; `None` until learned.
     epoch: Option<String>,
+    /// The tip of the log entries of `position`, when known ('' otherwise).
+    tip: String,
     /// Entries of the revision after `position` read so far (a revision may span reads).
     pending: Vec<Entry>,
     /// The last stream entry id read.
@@ -77,6 +96,7 @@ pub(crate) async fn subscribe(
         start,
         position,
         epoch: None,
+        tip: String::new(),
         pending: Vec::new(),
         last_id: after_revision(position),
         connection: None,
@@ -127,6 +147,7 @@ impl Watcher {
         let read = self.store.read(&self.target).await?;
         self.position = read.revision;
         self.epoch = Some(read.epoch);
+        self.tip = read.tip;
         self.pending.clear();
         self.last_id = after_revision(self.position);
         self.checked = true;
@@ -144,7 +165,7 @@ impl Watcher {
     async fn connect(&self) -> Result<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.store.config.connect_timeout))
-            .set_response_timeout(None);
+            .set_response_timeout(Some(WATCH_BLOCK + self.store.config.response_timeout));
         let timeout = self.store.config.connect_timeout;
         let mut connection = self
             .store
@@ -163,9 +184,10 @@ impl Watcher {
 
     /// After a (re)connect: has the data been replaced, or the history we need trimmed?
     async fn check_history(&mut self) -> Result<()> {
+        let position = self.position.to_string();
         let reply = self
             .store
-            .run("watch", &self.store.scripts.reap, &[])
+            .run("watch", &self.store.scripts.reap, &[position.as_bytes()])
             .await?;
         let bad = || unexpected("watch", format!("unexpected reply {reply:?}"));
         let items = reply.items().ok_or_else(bad)?;
@@ -175,14 +197,18 @@ impl Watcher {
             .and_then(|r| u64::try_from(r).ok())
             .ok_or_else(bad)?;
         let epoch = items.get(1).and_then(Reply::text).ok_or_else(bad)?;
-        let oldest: u64 = items
+        // The revision the oldest logged entry follows; `None` when the log is empty.
+        let before_oldest: Option<u64> = items
             .get(2)
             .and_then(Reply::text)
-            .and_then(|id| id.split('-').next().and_then(|r| r.parse().ok()))
-            .unwrap_or(0);
-        let replaced =
-            self.epoch.as_ref().is_some_and(|known| *known != epoch) || revision < self.position;
-        let trimmed = self.position < revision && (oldest == 0 || oldest > self.position + 1);
+            .and_then(|r| r.parse().ok());
+        let tip = items.get(3).and_then(Reply::text).unwrap_or_default();
+        let rewritten = !tip.is_empty() && !self.tip.is_empty() && tip != self.tip;
+        let replaced = self.epoch.as_ref().is_some_and(|known| *known != epoch)
+            || revision < self.position
+            || rewritten;
+        let trimmed =
+            self.position < revision && before_oldest.is_none_or(|before| before > self.position);
         if replaced || trimmed {
             self.start = Start::Resync;
         }
@@ -204,7 +230,7 @@ impl Watcher {
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
-            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(WATCH_BLOCK.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS")
             .arg(self.store.stream_key())
             .arg(&self.last_id)
@@ -218,13 +244,16 @@ impl Watcher {
         let mut batch = Vec::new();
         for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
             let entry = self.parse(&id)?;
-            let expected = self.position + 1;
-            let continues = match self.pending.first() {
-                Some(first) => entry.revision == first.revision,
-                None => entry.revision == expected,
-            };
+            // The next entry must be the next one of the revision being read, or the
+            // first one of the revision that follows our position: anything else means
+            // entries between were trimmed away (a revision's first entries included,
+            // when it had more keys than the stream bound).
+            let continues = entry.seq == self.pending.len()
+                && match self.pending.first() {
+                    Some(first) => entry.revision == first.revision,
+                    None => entry.prev == self.position,
+                };
             if !continues {
-                // Entries between our position and this one were trimmed away.
                 self.start = Start::Resync;
                 return Ok(None);
             }
@@ -232,7 +261,12 @@ impl Watcher {
             let complete = entry.entries_in_revision;
             self.pending.push(entry);
             if self.pending.len() >= complete {
-                self.position = expected;
+                self.position = self.pending.last().map_or(self.position, |e| e.revision);
+                self.tip = self
+                    .pending
+                    .last()
+                    .map(|e| e.tip.clone())
+                    .unwrap_or_default();
                 batch.extend(self.pending.drain(..).filter_map(|e| e.event));
             }
         }
@@ -242,11 +276,10 @@ impl Watcher {
     fn parse(&self, id: &StreamId) -> Result<Entry> {
         let bad =
             |what: &str| unexpected("watch", format!("malformed stream entry {}: {what}", id.id));
-        let revision = id
+        let (revision, seq) = id
             .id
-            .split('-')
-            .next()
-            .and_then(|r| r.parse::<u64>().ok())
+            .split_once('-')
+            .and_then(|(r, n)| Some((r.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
             .ok_or_else(|| bad("id"))?;
         let text = |field: &str| id.get::<String>(field);
         let entries_in_revision = text("entries")
@@ -274,9 +307,15 @@ impl Watcher {
         } else {
             Some(WatchEvent::Delete { key, revision })
         };
+        let prev = text("prev")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(revision.saturating_sub(1));
         Ok(Entry {
             revision,
+            seq,
+            prev,
             entries_in_revision,
+            tip: text("tip").unwrap_or_default(),
             event,
         })
     }

@@ -207,3 +207,35 @@ async fn unreachable_server_is_unavailable_within_the_connect_timeout() {
         started.elapsed()
     );
 }
+
+/// A revision with more keys than the stream keeps (here a `delete_tree` of 50 keys and a
+/// stream of about 10 entries) loses its own first entries: the watcher must resync, not
+/// wait forever for a revision it can never complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_larger_than_the_stream_bound_yields_resync() {
+    // Small stream nodes, so `XADD MAXLEN ~` trims at a fine grain.
+    let server = RedisServer::start_with(&["--stream-node-max-entries", "2"]).unwrap();
+    let mut config = RedisConfig::new(server.url());
+    config.namespace = unique_namespace();
+    config.stream_max_len = 10;
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
+    let mut events = store
+        .watch_prefix_events("bulk", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    for i in 0..50 {
+        let pair = put_retrying(&store, &format!("bulk/{i:02}"), "x").await;
+        // Consumed one by one, so the stream bound never passes the watcher here.
+        assert_eq!(next_item(&mut events, "put").await, WatchEvent::Put(pair));
+    }
+    store.delete_tree("bulk").await.unwrap();
+    let kept = store
+        .put("other", Bytes::from("y"), PutOptions::default())
+        .await;
+    kept.unwrap();
+    match next_item(&mut events, "after the big revision").await {
+        WatchEvent::Resync(snapshot) => assert!(snapshot.pairs.is_empty(), "{snapshot:?}"),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}

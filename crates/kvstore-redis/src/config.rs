@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use kvstore_core::{Error, Key, Result, redact_url};
 
+use crate::topology::{CLUSTER_SCHEME, SENTINEL_SCHEME, Topology};
+
 /// Default time allowed to connect: 5 s (docs/CONTRACT.md §7).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline of one request: 5 s (the redis crate's own default, 500 ms, is too
@@ -26,7 +28,10 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// certificate bytes.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS),
+    /// `redis+cluster://host:port[,host:port...]` or
+    /// `redis+sentinel://host:port[,host:port...]/master[/db]` (see
+    /// [`RedisConfig::from_url`]).
     pub url: String,
     /// All keys of the store live under the hash tag `{namespace}`; must be a valid key
     /// without `{`/`}`. Default [`DEFAULT_NAMESPACE`].
@@ -98,12 +103,19 @@ impl RedisConfig {
         }
     }
 
-    /// Parse `redis://[user:password@]host:port[/db][?options]` (or `rediss://`).
+    /// Parse a store URL:
+    ///
+    /// - `redis://[user:password@]host:port[/db][?options]` (or `rediss://` for TLS);
+    /// - `redis+cluster://[user:password@]host:port[,host:port...][?options]`: a Redis
+    ///   Cluster through any of these nodes;
+    /// - `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db][?options]`:
+    ///   the primary these Sentinels name for `master`, followed across failovers.
     ///
     /// Options: `namespace=NAME`, `connect_timeout=MS`, `response_timeout=MS`,
     /// `wait_replicas=N` and `wait_timeout=MS` (opt-in durability, see
     /// [`RedisConfig::wait_replicas`]), `require_noeviction=true|false`. The kvstore
-    /// options are taken out of the query; `protocol` goes to the redis client.
+    /// options are taken out of the query; `protocol` goes to the redis client (single
+    /// server only).
     ///
     /// # Errors
     /// [`Error::Config`] naming the malformed part, quoting the URL without its password
@@ -112,9 +124,26 @@ impl RedisConfig {
         let bad = |what: String| Error::Config {
             message: format!("invalid redis URL {:?}: {what}", redact_url(raw)),
         };
+        let multi_host = raw.starts_with(&format!("{CLUSTER_SCHEME}://"))
+            || raw.starts_with(&format!("{SENTINEL_SCHEME}://"));
+        let mut config = RedisConfig::new(String::new());
+        if multi_host {
+            let (base, query) = raw.split_once('?').unwrap_or((raw, ""));
+            for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                if !config.take_option(&name, &value).map_err(bad)? {
+                    return Err(bad(format!("unknown option {name:?}")));
+                }
+            }
+            Topology::parse(base)?;
+            config.url = base.to_owned();
+            config.validate()?;
+            return Ok(config);
+        }
         let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "redis" | "rediss") {
-            return Err(bad("expected redis:// or rediss://".into()));
+            return Err(bad(
+                "expected redis://, rediss://, redis+cluster:// or redis+sentinel://".into(),
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("a host is required".into()));
@@ -125,32 +154,12 @@ impl RedisConfig {
                 "the path must be a database number, got {db:?}"
             )));
         }
-        let mut config = RedisConfig::new(String::new());
         let mut passthrough = Vec::new();
         for (name, value) in url.query_pairs() {
-            let millis = || {
-                value
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| bad(format!("{name} must be milliseconds, got {value:?}")))
-            };
+            if config.take_option(&name, &value).map_err(bad)? {
+                continue;
+            }
             match &*name {
-                "namespace" => config.namespace = value.to_string(),
-                "connect_timeout" => config.connect_timeout = millis()?,
-                "response_timeout" => config.response_timeout = millis()?,
-                "wait_timeout" => config.wait_timeout = millis()?,
-                "wait_replicas" => {
-                    config.wait_replicas = value.parse().map_err(|_| {
-                        bad(format!("wait_replicas must be a count, got {value:?}"))
-                    })?;
-                }
-                "require_noeviction" => {
-                    config.require_noeviction = value.parse().map_err(|_| {
-                        bad(format!(
-                            "require_noeviction must be true or false, got {value:?}"
-                        ))
-                    })?;
-                }
                 "protocol" => passthrough.push((name.to_string(), value.to_string())),
                 other => return Err(bad(format!("unknown option {other:?}"))),
             }
@@ -163,6 +172,58 @@ impl RedisConfig {
         config.url = url.to_string();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Put `username` and `password` into [`RedisConfig::url`] (percent-encoded),
+    /// replacing any credentials it holds, for every URL form.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL has no `scheme://`.
+    pub fn set_credentials(&mut self, username: &str, password: &str) -> Result<()> {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return Err(Error::Config {
+                message: format!("invalid redis URL {:?}", redact_url(&self.url)),
+            });
+        };
+        let after_userinfo = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+        let encode = |text: &str| {
+            percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
+        };
+        self.url = format!(
+            "{scheme}://{}:{}@{after_userinfo}",
+            encode(username),
+            encode(password)
+        );
+        Ok(())
+    }
+
+    /// Take the kvstore URL option `name=value`; `Ok(false)` when it is not one.
+    fn take_option(&mut self, name: &str, value: &str) -> std::result::Result<bool, String> {
+        let millis = || {
+            value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("{name} must be milliseconds, got {value:?}"))
+        };
+        match name {
+            "namespace" => self.namespace = value.to_owned(),
+            "connect_timeout" => self.connect_timeout = millis()?,
+            "response_timeout" => self.response_timeout = millis()?,
+            "wait_timeout" => self.wait_timeout = millis()?,
+            "wait_replicas" => {
+                self.wait_replicas = value
+                    .parse()
+                    .map_err(|_| format!("wait_replicas must be a count, got {value:?}"))?;
+            }
+            "require_noeviction" => {
+                self.require_noeviction = value.parse().map_err(|_| {
+                    format!("require_noeviction must be true or false, got {value:?}")
+                })?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Check the configuration before connecting.
@@ -191,6 +252,41 @@ impl RedisConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_replace_those_of_any_url_form() {
+        for (url, expected) in [
+            ("redis://h:6379/0", "redis://u:p%40ss@h:6379/0"),
+            ("redis://old:x@h:6379", "redis://u:p%40ss@h:6379"),
+            (
+                "redis+cluster://h1:1,h2:2",
+                "redis+cluster://u:p%40ss@h1:1,h2:2",
+            ),
+            (
+                "redis+sentinel://o:x@s:1/m",
+                "redis+sentinel://u:p%40ss@s:1/m",
+            ),
+        ] {
+            let mut config = RedisConfig::new(url);
+            config.set_credentials("u", "p@ss").unwrap();
+            assert_eq!(config.url, expected);
+        }
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_keep_their_hosts_and_lose_the_options() {
+        let cluster =
+            RedisConfig::from_url("redis+cluster://h1:7000,h2:7001?namespace=app&wait_replicas=1")
+                .unwrap();
+        assert_eq!(cluster.url, "redis+cluster://h1:7000,h2:7001");
+        assert_eq!(
+            (cluster.namespace.as_str(), cluster.wait_replicas),
+            ("app", 1)
+        );
+        let sentinel = RedisConfig::from_url("redis+sentinel://s1:26379/mymaster").unwrap();
+        assert_eq!(sentinel.url, "redis+sentinel://s1:26379/mymaster");
+        assert!(RedisConfig::from_url("redis+cluster://h1:7000?colour=red").is_err());
+    }
 
     #[test]
     fn kvstore_options_are_taken_out_of_the_url() {

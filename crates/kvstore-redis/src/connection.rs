@@ -8,8 +8,8 @@
 //! the store's life (docs/CONTRACT.md §5 "Liveness").
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -37,40 +37,150 @@ pub(crate) fn tcp_settings(response_timeout: Duration) -> TcpSettings {
         .set_user_timeout(response_timeout)
 }
 
-/// One multiplexed connection shared by every request of a store (and its clones),
-/// replaced after a failure that may have left it dead.
+/// What connections are made to: one server, the primary Sentinel names (asked again for
+/// every new connection, so a failover is followed), or a Redis Cluster; with the
+/// timeouts of each kind of connection.
+pub(crate) struct Endpoint {
+    pub(crate) target: Target,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    /// The response timeout of watch connections, which block in `XREAD`.
+    pub(crate) watch_timeout: Duration,
+}
+
+/// The deployment connections go to.
+pub(crate) enum Target {
+    /// One server.
+    Single(redis::Client),
+    /// The current primary of a Sentinel-managed set.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// A Redis Cluster (the client routes each command to the node of its key's slot),
+    /// with the clients for requests and for watches (their response timeouts differ).
+    Cluster {
+        requests: Box<redis::cluster::ClusterClient>,
+        watches: Box<redis::cluster::ClusterClient>,
+    },
+}
+
+/// What a connection is for: its response timeout differs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Requests, bounded by the request timeout.
+    Requests,
+    /// A watch's blocking reads, bounded by the watch timeout.
+    Watch,
+}
+
+/// A live connection of any deployment. Cloning shares it (both kinds multiplex).
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// To one server (or the Sentinel-named primary).
+    Node(MultiplexedConnection),
+    /// To a Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Link::Node(connection) => connection.req_packed_command(cmd),
+            Link::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Link::Node(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Node(connection) => connection.get_db(),
+            Link::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl Endpoint {
+    /// A new connection for `purpose`.
+    pub(crate) async fn connect(&self, purpose: Purpose) -> RedisResult<Link> {
+        let response_timeout = match purpose {
+            Purpose::Requests => self.request_timeout,
+            Purpose::Watch => self.watch_timeout,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(response_timeout));
+        match &self.target {
+            Target::Single(client) => client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map(Link::Node),
+            Target::Sentinel(sentinel) => sentinel
+                .lock()
+                .await
+                .get_async_connection_with_config(&config)
+                .await
+                .map(Link::Node),
+            Target::Cluster { requests, watches } => {
+                let client = match purpose {
+                    Purpose::Requests => requests,
+                    Purpose::Watch => watches,
+                };
+                client.get_async_connection().await.map(Link::Cluster)
+            }
+        }
+    }
+
+    /// Whether this is a Redis Cluster (where commands without a key, such as `CONFIG`
+    /// or `CLIENT SETNAME`, would go to an arbitrary node).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+}
+
+/// One connection shared by every request of a store (and its clones), replaced after a
+/// failure that may have left it dead.
 pub(crate) struct Connection {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
+    endpoint: Arc<Endpoint>,
     /// The live connection and its generation, or `None` until the next request connects.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, Link)>>,
     /// Serialises connecting, so many requests after a failure make one connection.
     connecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
 }
 
 impl Connection {
-    /// A connection holder for `client`, already holding `first` (made by the caller to
-    /// check the server at connect time).
-    pub(crate) fn new(
-        client: redis::Client,
-        config: AsyncConnectionConfig,
-        first: MultiplexedConnection,
-    ) -> Connection {
+    /// A connection holder for `endpoint`; the first request connects.
+    pub(crate) fn new(endpoint: Arc<Endpoint>) -> Connection {
         Connection {
-            client,
-            config,
-            current: Mutex::new(Some((0, first))),
+            endpoint,
+            current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            generations: AtomicU64::new(1),
+            generations: AtomicU64::new(0),
         }
+    }
+
+    /// The shared connection, connecting if there is none.
+    pub(crate) async fn link(&self) -> RedisResult<Link> {
+        Ok(self.get().await?.1)
     }
 
     /// Run `request` on the shared connection (connecting first if the last one was
     /// discarded); a failure that may mean a dead connection discards it.
     pub(crate) async fn run<T, F, Fut>(&self, request: F) -> RedisResult<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Link) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let (generation, connection) = self.get().await?;
@@ -81,7 +191,25 @@ impl Connection {
         outcome
     }
 
-    async fn get(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+    /// [`Connection::run`] for a request that may be applied twice without harm (a read,
+    /// a lease keep-alive or revoke): when it fails because the connection was dropped
+    /// (the server restarted since the last request), it is sent once more on a new
+    /// connection, so the first request after a restart does not fail.
+    pub(crate) async fn run_idempotent<T, F, Fut>(&self, request: F) -> RedisResult<T>
+    where
+        F: Fn(Link) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match self.run(&request).await {
+            Err(error) if error.is_connection_dropped() => {
+                tracing::debug!(%error, "redis connection dropped; sending the request again");
+                self.run(&request).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn get(&self) -> RedisResult<(u64, Link)> {
         if let Some(current) = self.current() {
             return Ok(current);
         }
@@ -89,27 +217,26 @@ impl Connection {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let connection = self.endpoint.connect(Purpose::Requests).await?;
         *self.slot() = Some((generation, connection.clone()));
         Ok((generation, connection))
     }
 
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn current(&self) -> Option<(u64, Link)> {
         self.slot().clone()
     }
 
-    /// Discard connection `generation` if `error` says it may be dead or stuck (a
-    /// response timeout, an I/O error, a dropped connection); errors the server answered
-    /// with keep it.
+    /// Discard connection `generation` if `error` says it may be dead, stuck or pointed
+    /// at the wrong server: a response timeout, an I/O error, a dropped connection, or a
+    /// `READONLY` answer (a primary demoted by a failover; reconnecting asks Sentinel for
+    /// the new one). Other errors the server answered with keep it.
     fn failed(&self, generation: u64, error: &RedisError) {
         let suspect = error.is_timeout()
             || error.is_io_error()
             || error.is_connection_dropped()
-            || error.is_unrecoverable_error();
+            || error.is_unrecoverable_error()
+            || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if !suspect {
             return;
         }
@@ -123,7 +250,7 @@ impl Connection {
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, Link)>> {
         // Every critical section is one assignment or clone: a poisoned slot is intact.
         self.current
             .lock()

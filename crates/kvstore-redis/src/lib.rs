@@ -19,6 +19,16 @@
 //!   background reaper does so every [`REAP_INTERVAL`], so watchers see expiry like any
 //!   delete and reads never return an expired key. TTLs have millisecond granularity.
 //!
+//! ## Deployments
+//!
+//! [`RedisConfig::from_url`] takes one server (`redis://`, `rediss://` with the `tls`
+//! feature), a Redis Cluster (`redis+cluster://h1:p1,h2:p2`) or a Sentinel-managed
+//! primary (`redis+sentinel://s1:p1[,s2:p2]/master[/db]`). On a cluster every key of a
+//! store shares the hash tag `{namespace}` (one slot, so scripts and stream reads stay on
+//! one node) and namespaces spread over the primaries. Through Sentinel every new
+//! connection asks for the current primary, and a connection that fails (or is answered
+//! `READONLY` by a demoted primary) is replaced, so the store follows a failover.
+//!
 //! ## Failure model (docs/CONTRACT.md §8 "redis, in production")
 //!
 //! | what happens in production | what the store does |
@@ -73,6 +83,7 @@ mod connection;
 mod error;
 mod scripts;
 mod store;
+mod topology;
 mod watch;
 
 pub use config::{

@@ -9,14 +9,17 @@ use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
     LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget, redact_url,
 };
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, Script, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
-use crate::connection::{Connection, tcp_settings};
+use crate::connection::{Connection, Endpoint, Target, tcp_settings};
 use crate::error::{from_redis, unexpected};
 use crate::scripts::{Reply, Scripts};
+use crate::topology::Topology;
+use crate::watch::WATCH_BLOCK;
 
 /// How often the background reaper expires leases, so watchers see TTL expiry within
 /// this long of the deadline even when nobody reads.
@@ -29,7 +32,7 @@ const LOCK_AREA: &str = "lock";
 /// A store on Redis. Cloning gives another handle on the same connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(crate) client: redis::Client,
+    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) connection: Arc<Connection>,
     pub(crate) config: Arc<RedisConfig>,
     pub(crate) scripts: Arc<Scripts>,
@@ -62,24 +65,24 @@ impl RedisStore {
     /// credentials.
     pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
         config.validate()?;
-        let client = open_client(&config)?;
-        let request_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout));
+        let endpoint = Arc::new(open_endpoint(&config)?);
+        let connection = Arc::new(Connection::new(endpoint.clone()));
         let timeout = config.connect_timeout;
         let connecting = async {
-            let mut first = client
-                .get_multiplexed_async_connection_with_config(&request_config)
+            let mut first = connection
+                .link()
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
             redis::cmd("PING")
                 .query_async::<String>(&mut first)
                 .await
                 .map_err(|e| from_redis("connect", e, timeout))?;
-            check_eviction_policy(&mut first, &config).await?;
-            Ok::<_, Error>(first)
+            if !endpoint.is_cluster() {
+                check_eviction_policy(&mut first, &config).await?;
+            }
+            Ok::<_, Error>(())
         };
-        let first = tokio::time::timeout(timeout, connecting)
+        tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| Error::Unavailable {
                 backend: BACKEND,
@@ -87,9 +90,8 @@ impl RedisStore {
                 message: format!("redis did not answer within {timeout:?}"),
                 source: None,
             })??;
-        let connection = Arc::new(Connection::new(client.clone(), request_config, first));
         let store = RedisStore {
-            client,
+            endpoint,
             connection,
             revision_key: format!("{{{}}}:rev", config.namespace).into(),
             config: Arc::new(config),
@@ -137,7 +139,7 @@ impl RedisStore {
             script,
             &self.revision_key,
             &self.config,
-            operation,
+            (operation, Retry::Idempotent),
             args,
         )
         .await
@@ -147,7 +149,7 @@ impl RedisStore {
     /// the configuration asks for durability.
     pub(crate) async fn run_write(
         &self,
-        operation: &'static str,
+        (operation, retry): (&'static str, Retry),
         script: &Script,
         args: &[&[u8]],
     ) -> Result<Value> {
@@ -157,7 +159,7 @@ impl RedisStore {
             script,
             &self.revision_key,
             &self.config,
-            operation,
+            (operation, retry),
             args,
         )
         .await
@@ -214,10 +216,71 @@ pub(crate) struct RangeRead {
     pub tip: String,
 }
 
-fn open_client(config: &RedisConfig) -> Result<redis::Client> {
+/// The deployment `config.url` names, with every connection's TCP settings and timeouts.
+fn open_endpoint(config: &RedisConfig) -> Result<Endpoint> {
     let bad = |e: redis::RedisError| Error::Config {
         message: format!("invalid redis URL {:?}: {e}", redact_url(&config.url)),
     };
+    let tcp = tcp_settings(config.response_timeout);
+    let target = match Topology::parse(&config.url)? {
+        Topology::Single => Target::Single(open_client(config, tcp).map_err(bad)?),
+        Topology::Sentinel {
+            sentinels,
+            master,
+            db,
+            credentials,
+        } => {
+            let addresses = sentinels
+                .into_iter()
+                .map(|(host, port)| redis::ConnectionAddr::Tcp(host, port));
+            let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                addresses,
+                master,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(bad)?
+            .set_client_to_redis_db(db)
+            .set_client_to_redis_tcp_settings(tcp);
+            if let Some(username) = credentials.username {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            if let Some(password) = credentials.password {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            Target::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(bad)?))
+        }
+        Topology::Cluster { nodes, credentials } => {
+            let client = |response_timeout: Duration| {
+                let seeds = nodes
+                    .iter()
+                    .map(|(host, port)| format!("redis://{host}:{port}"));
+                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(response_timeout)
+                    .tcp_settings(tcp.clone());
+                if let Some(username) = &credentials.username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = &credentials.password {
+                    builder = builder.password(password);
+                }
+                builder.build().map_err(bad)
+            };
+            Target::Cluster {
+                requests: Box::new(client(config.response_timeout)?),
+                watches: Box::new(client(WATCH_BLOCK + config.response_timeout)?),
+            }
+        }
+    };
+    Ok(Endpoint {
+        target,
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.response_timeout,
+        watch_timeout: WATCH_BLOCK + config.response_timeout,
+    })
+}
+
+fn open_client(config: &RedisConfig, tcp: TcpSettings) -> redis::RedisResult<redis::Client> {
     #[cfg(feature = "tls")]
     if config.url.starts_with("rediss://") {
         // rustls needs one process-wide crypto provider; this keeps an existing one.
@@ -226,9 +289,8 @@ fn open_client(config: &RedisConfig) -> Result<redis::Client> {
     let info = config
         .url
         .as_str()
-        .into_connection_info()
-        .map_err(bad)?
-        .set_tcp_settings(tcp_settings(config.response_timeout));
+        .into_connection_info()?
+        .set_tcp_settings(tcp);
     #[cfg(feature = "tls")]
     if let Some(ca) = &config.ca_pem {
         return redis::Client::build_with_tls(
@@ -237,10 +299,19 @@ fn open_client(config: &RedisConfig) -> Result<redis::Client> {
                 client_tls: None,
                 root_cert: Some(ca.clone()),
             },
-        )
-        .map_err(bad);
+        );
     }
-    redis::Client::open(info).map_err(bad)
+    redis::Client::open(info)
+}
+
+/// Whether a script may run twice without harm, and so be sent again after the
+/// connection dropped under it (see [`Connection::run_idempotent`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads, lease keep-alives and revokes.
+    Idempotent,
+    /// Writes: sent once; a dropped connection is the caller's `Unavailable`.
+    Once,
 }
 
 async fn run_script(
@@ -248,14 +319,18 @@ async fn run_script(
     script: &Script,
     revision_key: &str,
     config: &RedisConfig,
-    operation: &'static str,
+    (operation, retry): (&'static str, Retry),
     args: &[&[u8]],
 ) -> Result<Value> {
-    let invocation = invocation(script, revision_key, config, args);
-    connection
-        .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-        .await
-        .map_err(|e| from_redis(operation, e, config.response_timeout))
+    let invocation = &invocation(script, revision_key, config, args);
+    let run = |mut connection: crate::connection::Link| async move {
+        invocation.invoke_async(&mut connection).await
+    };
+    let outcome = match retry {
+        Retry::Idempotent => connection.run_idempotent(run).await,
+        Retry::Once => connection.run(run).await,
+    };
+    outcome.map_err(|e| from_redis(operation, e, config.response_timeout))
 }
 
 fn invocation<'a>(
@@ -280,18 +355,19 @@ async fn run_write_script(
     script: &Script,
     revision_key: &str,
     config: &RedisConfig,
-    operation: &'static str,
+    (operation, retry): (&'static str, Retry),
     args: &[&[u8]],
 ) -> Result<Value> {
     if config.wait_replicas == 0 {
-        return run_script(connection, script, revision_key, config, operation, args).await;
+        let what = (operation, retry);
+        return run_script(connection, script, revision_key, config, what, args).await;
     }
     let failed = |e| from_redis(operation, e, config.response_timeout);
     let invocation = invocation(script, revision_key, config, args);
     let wait_ms = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut loaded = false;
     let (reply, acknowledged): (Value, u32) = loop {
-        let pipeline = redis::pipe()
+        let pipeline = &redis::pipe()
             .invoke_script(&invocation)
             .cmd("WAIT")
             .arg(config.wait_replicas)
@@ -337,7 +413,7 @@ async fn run_write_script(
 /// `maxmemory-policy` can evict keys. Servers that forbid `CONFIG` (managed services)
 /// are trusted.
 async fn check_eviction_policy(
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut crate::connection::Link,
     config: &RedisConfig,
 ) -> Result<()> {
     let policy: Option<(String, String)> = redis::cmd("CONFIG")
@@ -395,7 +471,7 @@ impl Reaper {
                 &self.scripts.reap,
                 &self.revision_key,
                 &self.config,
-                "reap",
+                ("reap", Retry::Idempotent),
                 &[],
             )
             .await;
@@ -444,7 +520,7 @@ impl Backend for RedisStore {
     async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
         self.lifecycle.ensure_open(BACKEND)?;
         let timeout = self.config.response_timeout;
-        let read = redis::cmd("HMGET")
+        let read = &redis::cmd("HMGET")
             .arg(self.redis_key(key.as_str()))
             .arg(&["value", "revision", "create_revision", "lease"])
             .clone();
@@ -455,7 +531,7 @@ impl Backend for RedisStore {
             Option<i64>,
         ) = self
             .connection
-            .run(|mut connection| async move { read.query_async(&mut connection).await })
+            .run_idempotent(|mut connection| async move { read.query_async(&mut connection).await })
             .await
             .map_err(|e| from_redis("get", e, timeout))?;
         let (Some(value), Some(revision), Some(create_revision)) =
@@ -469,9 +545,12 @@ impl Backend for RedisStore {
                 .lease_alive
                 .key(format!("{{{}}}:leases", self.config.namespace));
             check.arg(lease);
+            let check = &check;
             let alive: i64 = self
                 .connection
-                .run(|mut connection| async move { check.invoke_async(&mut connection).await })
+                .run_idempotent(|mut connection| async move {
+                    check.invoke_async(&mut connection).await
+                })
                 .await
                 .map_err(|e| from_redis("get", e, timeout))?;
             if alive == 0 {
@@ -502,7 +581,7 @@ impl Backend for RedisStore {
         let lease_arg = lease.map(|l| l.0.to_string()).unwrap_or_default();
         let reply = self
             .run_write(
-                "put",
+                ("put", Retry::Once),
                 &self.scripts.put,
                 &[
                     self.area.as_bytes(),
@@ -560,7 +639,7 @@ impl Backend for RedisStore {
         let (condition_name, expected) = condition_args(condition);
         let reply = self
             .run_write(
-                "delete",
+                ("delete", Retry::Once),
                 &self.scripts.delete,
                 &[
                     self.area.as_bytes(),
@@ -595,7 +674,7 @@ impl Backend for RedisStore {
         let start = prefix.key_start();
         let reply = self
             .run_write(
-                "delete_tree",
+                ("delete_tree", Retry::Once),
                 &self.scripts.delete_prefix,
                 &[self.area.as_bytes(), start.as_bytes()],
             )
@@ -623,7 +702,7 @@ impl Backend for RedisStore {
             );
             let reply = self
                 .run_write(
-                    "grant_lease",
+                    ("grant_lease", Retry::Once),
                     &self.scripts.lease_grant,
                     &[millis.to_string().as_bytes(), id.0.to_string().as_bytes()],
                 )
@@ -659,7 +738,7 @@ impl Backend for RedisStore {
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
         let reply = self
             .run_write(
-                "keep_alive_lease",
+                ("keep_alive_lease", Retry::Idempotent),
                 &self.scripts.lease_keep_alive,
                 &[lease.0.to_string().as_bytes()],
             )
@@ -679,7 +758,7 @@ impl Backend for RedisStore {
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
         self.run_write(
-            "revoke_lease",
+            ("revoke_lease", Retry::Idempotent),
             &self.scripts.lease_revoke,
             &[lease.0.to_string().as_bytes()],
         )

@@ -26,10 +26,9 @@ use kvstore_core::{
     EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchSource,
     WatchTarget, resuming,
 };
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadReply};
 
+use crate::connection::{Link, Purpose};
 use crate::error::{from_redis, unexpected};
 use crate::scripts::Reply;
 use crate::store::RedisStore;
@@ -76,7 +75,7 @@ struct Watcher {
     pending: Vec<Entry>,
     /// The last stream entry id read.
     last_id: String,
-    connection: Option<MultiplexedConnection>,
+    connection: Option<Link>,
     /// Whether the history after `position` was checked since the last (re)connect.
     checked: bool,
 }
@@ -162,23 +161,22 @@ impl Watcher {
         Ok(vec![event])
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.store.config.connect_timeout))
-            .set_response_timeout(Some(WATCH_BLOCK + self.store.config.response_timeout));
+    async fn connect(&self) -> Result<Link> {
         let timeout = self.store.config.connect_timeout;
-        let mut connection = self
-            .store
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+        let endpoint = &self.store.endpoint;
+        let mut connection = endpoint
+            .connect(Purpose::Watch)
             .await
             .map_err(|e| from_redis("watch", e, timeout))?;
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(WATCH_CLIENT_NAME)
-            .exec_async(&mut connection)
-            .await
-            .map_err(|e| from_redis("watch", e, timeout))?;
+        // On a cluster a command without a key goes to an arbitrary node: not worth it.
+        if !endpoint.is_cluster() {
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(WATCH_CLIENT_NAME)
+                .exec_async(&mut connection)
+                .await
+                .map_err(|e| from_redis("watch", e, timeout))?;
+        }
         Ok(connection)
     }
 

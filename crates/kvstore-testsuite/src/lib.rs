@@ -34,6 +34,7 @@ mod lifecycle;
 mod locks;
 mod operations;
 pub mod proxy;
+pub mod redis_topology;
 pub mod server;
 mod watch;
 

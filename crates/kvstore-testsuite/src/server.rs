@@ -3,14 +3,17 @@
 //!
 //! They can also be killed, restarted (same data directory and port) and paused
 //! (`SIGSTOP`/`SIGCONT`) for fault tests, and [`EtcdCluster`] starts three etcd members.
+//! Redis Cluster and Sentinel topologies are in [`crate::redis_topology`]; [`redis_cli`]
+//! runs one `redis-cli` command.
 //! The binaries come from Debian's `etcd-server` and `redis-server` packages, which
 //! `scripts/test` installs. A missing binary is a test *failure* naming the package, never
 //! a skip.
 
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,8 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-type ServerResult<T> = Result<T, ServerError>;
+/// The result of starting or driving a test server.
+pub type ServerResult<T> = Result<T, ServerError>;
 
 /// The path of `binary`, or an error naming the Debian package that provides it.
 ///
@@ -63,6 +67,23 @@ pub fn free_port() -> ServerResult<u16> {
     listener
         .local_addr()
         .map(|a| a.port())
+        .map_err(|e| ServerError(format!("no free loopback port: {e}")))
+}
+
+/// `count` distinct free TCP ports on 127.0.0.1: all are bound at once, then released,
+/// so no two are the same (as two [`free_port`] calls could be).
+///
+/// # Errors
+/// When the OS has not that many free ports.
+pub fn free_ports(count: usize) -> ServerResult<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| ServerError(format!("no free loopback port: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| ServerError(format!("no free loopback port: {e}")))
 }
 
@@ -108,12 +129,12 @@ fn spawn_owned(command: Command) -> std::io::Result<Child> {
 }
 
 /// A running child process, killed on drop.
-struct Process {
+pub(crate) struct Process {
     child: Option<Child>,
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: &Path) -> ServerResult<Process> {
+    pub(crate) fn spawn(mut command: Command, log: &Path) -> ServerResult<Process> {
         let out = std::fs::File::create(log)
             .map_err(|e| ServerError(format!("cannot create {}: {e}", log.display())))?;
         let err = out
@@ -126,17 +147,17 @@ impl Process {
         Ok(Process { child: Some(child) })
     }
 
-    fn pid(&self) -> Option<Pid> {
+    pub(crate) fn pid(&self) -> Option<Pid> {
         self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         if let Some(pid) = self.pid() {
             let _ = kill(pid, signal);
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             let _ = child.kill();
@@ -158,7 +179,57 @@ impl Drop for Process {
     }
 }
 
-fn wait_until(
+/// Run a short-lived `command` to completion (killed with the test binary, like the
+/// servers), capturing its output; killed and an error if it runs longer than `timeout`
+/// (a client of a paused server would otherwise wait forever).
+pub(crate) fn run_bounded(mut command: Command, timeout: Duration) -> ServerResult<Output> {
+    let description = format!("{command:?}");
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child =
+        spawn_owned(command).map_err(|e| ServerError(format!("cannot run {description}: {e}")))?;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => break Err(format!("did not finish within {timeout:?}")),
+            Err(e) => break Err(format!("could not be waited for: {e}")),
+        }
+    };
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Ok(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(why) => Err(ServerError(format!(
+            "{description} {why}: {}",
+            String::from_utf8_lossy(&stderr)
+        ))),
+    }
+}
+
+pub(crate) fn wait_until(
     what: &str,
     log: &Path,
     process: &mut Process,
@@ -192,7 +263,7 @@ fn wait_until(
     )))
 }
 
-fn port_open(port: u16) -> bool {
+pub(crate) fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(
         &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         Duration::from_millis(200),
@@ -675,7 +746,7 @@ impl RedisServer {
         })
     }
 
-    fn launch(port: u16, dir: &Path, extra: &[String]) -> ServerResult<Process> {
+    pub(crate) fn launch(port: u16, dir: &Path, extra: &[String]) -> ServerResult<Process> {
         let binary = find_binary("redis-server", "redis-server")?;
         let log = dir.join("redis.log");
         let mut command = Command::new(binary);
@@ -732,6 +803,34 @@ impl RedisServer {
     pub fn resume(&self) {
         self.process.signal(Signal::SIGCONT);
     }
+}
+
+/// How long one `redis-cli` call may take.
+pub const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run `redis-cli -h 127.0.0.1 -p PORT -e ARGS...` (one command, raw output); returns its
+/// stdout.
+///
+/// # Errors
+/// When redis-cli is missing, cannot connect, gets an error reply (`-e`), or takes
+/// longer than [`REDIS_CLI_TIMEOUT`] (a paused server); the error quotes its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> ServerResult<String> {
+    let binary = find_binary("redis-cli", "redis-tools")?;
+    let mut command = Command::new(binary);
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-e"])
+        .args(args);
+    let output = run_bounded(command, REDIS_CLI_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(ServerError(format!(
+            "redis-cli -p {port} {args:?} failed ({}): {}{}",
+            output.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(stdout)
 }
 
 /// One etcd shared by every test of the calling test binary (tests use unique

@@ -44,7 +44,9 @@ impl std::fmt::Debug for OpenOptions {
 /// - `etcd://[user:password@]host:port[,host:port...][/namespace]` — etcd v3 (feature
 ///   `etcd`).
 /// - `redis://[user:password@]host:port[/db][?namespace=NAME]` (or `rediss://` for
-///   TLS) — Redis (feature `redis`).
+///   TLS) — Redis (feature `redis`); `redis+cluster://h1:p1,h2:p2[?..]` a Redis
+///   Cluster; `redis+sentinel://s1:p1[,s2:p2]/master[/db][?..]` the primary Sentinel
+///   names, followed across failovers.
 ///
 /// # Errors
 /// [`Error::Config`] for a malformed URL, an unknown scheme, or a scheme whose feature
@@ -70,7 +72,7 @@ pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store
     match scheme {
         "memory" => open_memory(url, options),
         "etcd" => open_etcd(url, options).await,
-        "redis" | "rediss" => open_redis(url, options).await,
+        "redis" | "rediss" | "redis+cluster" | "redis+sentinel" => open_redis(url, options).await,
         _ => {
             // Both quoted from the redacted URL: text before `://` that is no valid
             // scheme may hold a password.
@@ -152,15 +154,7 @@ async fn open_redis(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> 
         config.response_timeout = timeout;
     }
     if let Some((username, password)) = &options.credentials {
-        let mut parsed = url::Url::parse(&config.url).map_err(|e| Error::Config {
-            message: format!("invalid redis URL {:?}: {e}", redact_url(url)),
-        })?;
-        let refused = |_| Error::Config {
-            message: format!("redis URL {:?} cannot carry credentials", redact_url(url)),
-        };
-        parsed.set_username(username).map_err(refused)?;
-        parsed.set_password(Some(password)).map_err(refused)?;
-        config.url = parsed.to_string();
+        config.set_credentials(username, password)?;
     }
     #[cfg(feature = "tls")]
     if let Some(ca) = &options.ca_pem {

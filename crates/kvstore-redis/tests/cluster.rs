@@ -1,0 +1,102 @@
+//! The whole conformance suite on a real three-primary Redis Cluster started by the test
+//! support (`redis+cluster://`), with every test's namespace on whichever primary owns
+//! its hash tag, so the suite's namespaces spread over all three.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::{PutOptions, Result, Store, WatchEvent, WatchFrom};
+use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testsuite::Harness;
+use kvstore_testsuite::redis_topology::RedisCluster;
+use kvstore_testsuite::{next_item, unique_namespace};
+
+/// One cluster shared by every test of this binary; killed when it exits.
+fn cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn config(namespace: &str) -> RedisConfig {
+    let mut config = RedisConfig::from_url(&cluster().url()).expect("a valid cluster URL");
+    config.namespace = namespace.to_owned();
+    config
+}
+
+struct ClusterHarness;
+
+#[async_trait]
+impl Harness for ClusterHarness {
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(RedisStore::connect(config(namespace)).await?))
+    }
+
+    async fn compact(&self, namespace: &str) -> Result<()> {
+        let client = redis::cluster::ClusterClient::new(
+            cluster()
+                .addresses()
+                .into_iter()
+                .map(|a| format!("redis://{a}")),
+        )
+        .expect("valid node addresses");
+        let mut connection = client
+            .get_async_connection()
+            .await
+            .expect("the cluster answers");
+        let store = RedisStore::connect(config(namespace)).await?;
+        let _: () = redis::cmd("XTRIM")
+            .arg(store.stream_key())
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut connection)
+            .await
+            .expect("XTRIM succeeds");
+        Ok(())
+    }
+}
+
+kvstore_testsuite::conformance_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    harness = ClusterHarness
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_on_different_primaries_each_write_read_and_watch() {
+    let placed = cluster()
+        .namespaces_on_distinct_primaries(RedisCluster::PRIMARIES)
+        .unwrap();
+    let mut primaries: Vec<usize> = placed.iter().map(|(_, node)| *node).collect();
+    primaries.sort_unstable();
+    primaries.dedup();
+    assert_eq!(primaries.len(), RedisCluster::PRIMARIES);
+    for (namespace, _) in &placed {
+        let store = RedisStore::connect(config(namespace)).await.unwrap();
+        let mut events = store
+            .watch_prefix_events("jobs", WatchFrom::Snapshot)
+            .await
+            .unwrap();
+        next_item(&mut events, "snapshot").await;
+        let written = store
+            .put(
+                "jobs/a",
+                Bytes::from(namespace.clone()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.get("jobs/a").await.unwrap(), written);
+        assert_eq!(
+            next_item(&mut events, "put").await,
+            WatchEvent::Put(written)
+        );
+    }
+    // A namespace the helper did not place works too (any slot, any primary).
+    let store = RedisStore::connect(config(&unique_namespace()))
+        .await
+        .unwrap();
+    store
+        .put("k", Bytes::from("v"), PutOptions::default())
+        .await
+        .unwrap();
+}

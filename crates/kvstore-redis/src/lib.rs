@@ -10,8 +10,10 @@
 //!   `delete_tree` are atomic, and one operation has one revision. A script checks
 //!   everything that can fail before its first write, so an error never leaves it
 //!   half-applied.
-//! - **Watches** read the stream with `XREAD BLOCK` from the last entry they saw, on their
-//!   own connection; after a disconnect they resume from there, so nothing is lost. Each
+//! - **Watches** of a store share one reader of the stream (`XREAD BLOCK` on one
+//!   connection, however many watchers); each watcher reads what it missed (before it
+//!   subscribed, after it fell behind, after a disconnect) with `XRANGE` from the last
+//!   entry it saw, so nothing is lost. Each
 //!   entry names the revision before it, so a trimmed gap (even inside one revision with
 //!   more keys than the stream keeps) is detected and answered with a `Resync`.
 //! - **Leases** are a sorted set of deadlines on the Redis server's clock (`TIME`); every
@@ -81,6 +83,7 @@
 mod config;
 mod connection;
 mod error;
+mod feed;
 mod scripts;
 mod store;
 mod topology;

@@ -17,6 +17,7 @@ use crate::BACKEND;
 use crate::config::RedisConfig;
 use crate::connection::{Connection, Endpoint, Target, tcp_settings};
 use crate::error::{from_redis, unexpected};
+use crate::feed::{Delivery, Feed, Source};
 use crate::scripts::{Reply, Scripts};
 use crate::topology::Topology;
 use crate::watch::WATCH_BLOCK;
@@ -39,6 +40,8 @@ pub struct RedisStore {
     /// `{namespace}:rev`, the first key of every script.
     pub(crate) revision_key: Arc<str>,
     pub(crate) area: &'static str,
+    /// The one reader of the change stream that all watches of this store share.
+    feed: Arc<Feed>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -97,6 +100,7 @@ impl RedisStore {
             config: Arc::new(config),
             scripts: Arc::new(Scripts::new()),
             area: USER_AREA,
+            feed: Arc::new(Feed::default()),
             lifecycle: Arc::new(Lifecycle::new()),
         };
         let reaper = Reaper {
@@ -124,6 +128,17 @@ impl RedisStore {
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         self.lifecycle.shutdown()
+    }
+
+    /// A receiver of the store's shared stream reader (started after stream id `from`
+    /// if none runs).
+    pub(crate) fn subscribe_feed(&self, from: &str) -> tokio::sync::broadcast::Receiver<Delivery> {
+        self.feed.subscribe(from, || Source {
+            endpoint: self.endpoint.clone(),
+            stream_key: self.stream_key(),
+            epoch_key: format!("{{{}}}:epoch", self.config.namespace),
+            shutdown: self.lifecycle.shutdown().clone(),
+        })
     }
 
     /// Run `script` with the common arguments then `args`.

@@ -1,7 +1,8 @@
 //! Watches that never lose an event, on the change stream.
 //!
-//! Each watcher reads the store's stream (`XREAD BLOCK`) on its own connection, from the
-//! last entry it has seen. Stream entry IDs are `<revision>-<n>` and each entry names the
+//! A store's watchers share one reader of its stream (`XREAD BLOCK` on one connection,
+//! see `feed.rs`); each watcher reads what it missed (before it subscribed, or after it
+//! fell behind) with `XRANGE` from the last entry it has seen. Stream entry IDs are `<revision>-<n>` and each entry names the
 //! revision before it, so a gap is visible: when the next entry does not follow the
 //! watcher's position, history was trimmed past the watcher and it yields a `Resync`; so
 //! does a revision whose first entries were trimmed (a revision with more keys than the
@@ -23,13 +24,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{
-    EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchSource,
+    Error, EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchSource,
     WatchTarget, resuming,
 };
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamRangeReply};
+use tokio::sync::broadcast;
 
-use crate::connection::{Link, Purpose};
 use crate::error::{from_redis, unexpected};
+use crate::feed::Delivery;
 use crate::scripts::Reply;
 use crate::store::RedisStore;
 
@@ -37,7 +39,7 @@ use crate::store::RedisStore;
 /// response timeout is this plus the store's response timeout.
 pub const WATCH_BLOCK: Duration = Duration::from_secs(2);
 /// Most stream entries read at once.
-const READ_COUNT: usize = 1000;
+pub(crate) const READ_COUNT: usize = 1000;
 /// The client name of watch connections, as `CLIENT LIST` shows it.
 pub const WATCH_CLIENT_NAME: &str = "kvstore-watch";
 
@@ -75,7 +77,11 @@ struct Watcher {
     pending: Vec<Entry>,
     /// The last stream entry id read.
     last_id: String,
-    connection: Option<Link>,
+    /// The store's shared reader, once subscribed.
+    feed: Option<broadcast::Receiver<Delivery>>,
+    /// Whether entries after `last_id` may be missing from the feed, to be read with
+    /// `XRANGE` first (after subscribing, after falling behind, after a reconnect).
+    catching_up: bool,
     /// Whether the history after `position` was checked since the last (re)connect.
     checked: bool,
 }
@@ -98,7 +104,8 @@ pub(crate) async fn subscribe(
         tip: String::new(),
         pending: Vec::new(),
         last_id: after_revision(position),
-        connection: None,
+        feed: None,
+        catching_up: true,
         checked: false,
     };
     let shutdown = watcher.store.shutdown_token().clone();
@@ -110,45 +117,62 @@ fn after_revision(revision: u64) -> String {
     format!("{revision}-{}", u64::MAX)
 }
 
+/// Whether stream id `id` comes after `last` (ids are `<ms>-<seq>`, compared as numbers).
+fn after(id: &str, last: &str) -> bool {
+    let parse = |id: &str| {
+        id.split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+    };
+    match (parse(id), parse(last)) {
+        (Some(id), Some(last)) => id > last,
+        // An id that does not parse is for `parse` to report.
+        _ => true,
+    }
+}
+
 #[async_trait]
 impl WatchSource for Watcher {
-    /// Forget the connection and any partly read revision; resume after `position`.
+    /// Forget the feed and any partly read revision; resume after `position`.
     fn reset(&mut self) {
-        self.connection = None;
+        self.feed = None;
+        self.catching_up = true;
         self.checked = false;
         self.pending.clear();
         self.last_id = after_revision(self.position);
     }
 
+    /// The first step is the snapshot, or (after a revision) the history check: both
+    /// requests on the store's connection, so an unreachable server fails the watch.
     async fn step(&mut self) -> Result<Option<Vec<WatchEvent>>> {
         if self.start != Start::Events {
             return self.snapshot().await.map(Some);
-        }
-        if self.connection.is_none() {
-            self.connection = Some(self.connect().await?);
-            return Ok(None);
         }
         if !self.checked {
             self.check_history().await?;
             return Ok(None);
         }
-        self.read().await
+        if self.feed.is_none() {
+            // Subscribed before catching up, so nothing falls between the two.
+            self.feed = Some(self.store.subscribe_feed(&self.last_id));
+            self.catching_up = true;
+            return Ok(None);
+        }
+        if self.catching_up {
+            return self.catch_up().await;
+        }
+        self.follow().await
     }
 }
 
 impl Watcher {
     async fn snapshot(&mut self) -> Result<Vec<WatchEvent>> {
-        // Connected before the snapshot is handed out, so the first read of changes
-        // after it does not wait for a new connection.
-        if self.connection.is_none() {
-            self.connection = Some(self.connect().await?);
-        }
         let read = self.store.read(&self.target).await?;
         self.position = read.revision;
         self.epoch = Some(read.epoch);
         self.tip = read.tip;
         self.pending.clear();
         self.last_id = after_revision(self.position);
+        self.catching_up = true;
         self.checked = true;
         let snapshot = Snapshot {
             revision: read.revision,
@@ -159,25 +183,6 @@ impl Watcher {
             _ => WatchEvent::Resync(snapshot),
         };
         Ok(vec![event])
-    }
-
-    async fn connect(&self) -> Result<Link> {
-        let timeout = self.store.config.connect_timeout;
-        let endpoint = &self.store.endpoint;
-        let mut connection = endpoint
-            .connect(Purpose::Watch)
-            .await
-            .map_err(|e| from_redis("watch", e, timeout))?;
-        // On a cluster a command without a key goes to an arbitrary node: not worth it.
-        if !endpoint.is_cluster() {
-            redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(WATCH_CLIENT_NAME)
-                .exec_async(&mut connection)
-                .await
-                .map_err(|e| from_redis("watch", e, timeout))?;
-        }
-        Ok(connection)
     }
 
     /// After a (re)connect: has the data been replaced, or the history we need trimmed?
@@ -215,45 +220,100 @@ impl Watcher {
         Ok(())
     }
 
-    async fn read(&mut self) -> Result<Option<Vec<WatchEvent>>> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(None);
-        };
+    /// Read what the feed may not carry with `XRANGE`, until the stream has nothing
+    /// newer; then follow the feed.
+    async fn catch_up(&mut self) -> Result<Option<Vec<WatchEvent>>> {
         let epoch_key = format!("{{{}}}:epoch", self.store.config.namespace);
         let timeout = self.store.config.response_timeout;
-        let (epoch, reply): (Option<String>, Option<StreamReadReply>) = redis::pipe()
+        let reading = &redis::pipe()
             .cmd("GET")
             .arg(&epoch_key)
-            .cmd("XREAD")
+            .cmd("XRANGE")
+            .arg(self.store.stream_key())
+            .arg(format!("({}", self.last_id))
+            .arg("+")
             .arg("COUNT")
             .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(u64::try_from(WATCH_BLOCK.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS")
-            .arg(self.store.stream_key())
-            .arg(&self.last_id)
-            .query_async(connection)
+            .clone();
+        let (epoch, reply): (Option<String>, StreamRangeReply) = self
+            .store
+            .connection
+            .run_idempotent(|mut link| async move { reading.query_async(&mut link).await })
             .await
             .map_err(|e| from_redis("watch", e, timeout))?;
         if epoch != self.epoch {
             self.start = Start::Resync;
             return Ok(None);
         }
+        if reply.ids.len() < READ_COUNT {
+            self.catching_up = false;
+        }
+        Ok(self.accept(&reply.ids, true))
+    }
+
+    /// The next delivery of the store's shared reader.
+    async fn follow(&mut self) -> Result<Option<Vec<WatchEvent>>> {
+        let Some(feed) = self.feed.as_mut() else {
+            return Ok(None);
+        };
+        match feed.recv().await {
+            Ok(Delivery::Entries { epoch, entries }) => {
+                if epoch != self.epoch {
+                    self.start = Start::Resync;
+                    return Ok(None);
+                }
+                Ok(self.accept(&entries, false))
+            }
+            Ok(Delivery::Reconnected) => {
+                self.checked = false;
+                self.catching_up = true;
+                Ok(None)
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.catching_up = true;
+                Ok(None)
+            }
+            Err(broadcast::error::RecvError::Closed) => Err(Error::Unavailable {
+                backend: crate::BACKEND,
+                operation: "watch",
+                message: "the store's stream reader stopped".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Take `entries` (in stream order) into the watch: skip what was read already,
+    /// deliver every revision completed. A gap means entries between were trimmed away
+    /// (a revision's first entries included, when it had more keys than the stream
+    /// bound): read straight from the stream that is a `Resync`; in the feed it means
+    /// this watcher must catch up from the stream first. A malformed entry is skipped
+    /// with a warning and a `Resync`, never a stuck watch.
+    fn accept(&mut self, entries: &[StreamId], from_stream: bool) -> Option<Vec<WatchEvent>> {
         let mut batch = Vec::new();
-        for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-            let entry = self.parse(&id)?;
-            // The next entry must be the next one of the revision being read, or the
-            // first one of the revision that follows our position: anything else means
-            // entries between were trimmed away (a revision's first entries included,
-            // when it had more keys than the stream bound).
+        for id in entries {
+            if !after(&id.id, &self.last_id) {
+                continue;
+            }
+            let entry = match self.parse(id) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    tracing::warn!(%error, "skipping a malformed change log entry; resyncing");
+                    self.start = Start::Resync;
+                    return None;
+                }
+            };
             let continues = entry.seq == self.pending.len()
                 && match self.pending.first() {
                     Some(first) => entry.revision == first.revision,
                     None => entry.prev == self.position,
                 };
             if !continues {
-                self.start = Start::Resync;
-                return Ok(None);
+                if from_stream {
+                    self.start = Start::Resync;
+                } else {
+                    self.catching_up = true;
+                }
+                break;
             }
             self.last_id = id.id.clone();
             let complete = entry.entries_in_revision;
@@ -268,7 +328,7 @@ impl Watcher {
                 batch.extend(self.pending.drain(..).filter_map(|e| e.event));
             }
         }
-        Ok((!batch.is_empty()).then_some(batch))
+        (!batch.is_empty()).then_some(batch)
     }
 
     fn parse(&self, id: &StreamId) -> Result<Entry> {

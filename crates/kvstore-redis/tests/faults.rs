@@ -92,8 +92,13 @@ async fn killing_the_watch_connection_loses_and_repeats_nothing() {
     assert!(extra.is_none(), "nothing is delivered twice: {extra:?}");
 }
 
+/// A watcher that falls further behind than the store's shared reader buffers reads on
+/// from the stream; when the stream was trimmed past it meanwhile, it gets a `Resync`
+/// with the current state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_trimmed_past_the_watcher_yields_resync_with_the_current_state() {
+async fn stream_trimmed_past_a_watcher_that_fell_behind_yields_resync() {
+    /// More single-write batches than the shared reader keeps for a slow watcher.
+    const WRITES: usize = 1100;
     let url = shared_redis().url();
     let namespace = unique_namespace();
     let store = connect(url.clone(), &namespace).await;
@@ -109,6 +114,12 @@ async fn stream_trimmed_past_the_watcher_yields_resync_with_the_current_state() 
     );
 
     // Not polled while history moves on and is trimmed away.
+    for i in 0..WRITES {
+        store
+            .put("noise", Bytes::from(i.to_string()), PutOptions::default())
+            .await
+            .unwrap();
+    }
     put_retrying(&store, "cfg/b", "2").await;
     store.delete("cfg/a").await.unwrap();
     let stream_key = RedisStore::connect({

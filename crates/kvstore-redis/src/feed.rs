@@ -1,0 +1,212 @@
+//! The store's one reader of its change stream, shared by all its watchers.
+//!
+//! A store (with its clones and its lock area) runs at most one `XREAD BLOCK` loop, on
+//! one connection, and broadcasts every batch of entries it reads to the watchers
+//! subscribed to it. However many watchers a store has, it holds two connections: the
+//! request connection and this one. A watcher reads what it missed (before it
+//! subscribed, or after it fell behind the broadcast's buffer) with plain `XRANGE`
+//! requests, so nothing is lost; the reader only carries what is new.
+//!
+//! The reader starts with the first subscriber and stops when the last one is gone (or
+//! the store is closed). Its connection reads with a response timeout of
+//! [`crate::WATCH_BLOCK`] + the response timeout, so a silent server is noticed and the
+//! reader reconnects, telling every watcher to check its history again.
+
+use std::sync::{Arc, Mutex};
+
+use redis::streams::{StreamId, StreamReadReply};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Endpoint, Link, Purpose};
+use crate::watch::{READ_COUNT, WATCH_BLOCK, WATCH_CLIENT_NAME};
+
+/// Batches the broadcast keeps for a watcher that is busy; one that falls further behind
+/// catches up with `XRANGE` (losing nothing).
+const BUFFERED_BATCHES: usize = 1024;
+
+/// What the reader sends its watchers.
+#[derive(Clone)]
+pub(crate) enum Delivery {
+    /// Entries read from the stream, in order, with the data epoch read with them.
+    Entries {
+        epoch: Option<String>,
+        entries: Arc<Vec<StreamId>>,
+    },
+    /// The reader's connection failed and was made again: entries may have been missed
+    /// by the broadcast (never by the stream), so watchers check and catch up.
+    Reconnected,
+}
+
+/// Where a store's reader is, if it runs: a weak sender, so a reader whose last watcher
+/// is gone can stop (and a later watch starts a new one).
+#[derive(Default)]
+pub(crate) struct Feed {
+    reader: Mutex<Option<broadcast::WeakSender<Delivery>>>,
+}
+
+/// What the reader needs to know of its store.
+pub(crate) struct Source {
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) stream_key: String,
+    pub(crate) epoch_key: String,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Feed {
+    /// A receiver of everything the store's reader reads from now on, starting the
+    /// reader if none runs; a new reader starts after stream id `from` (the subscriber's
+    /// position), so nothing between the subscription and the reader's first read can
+    /// fall through.
+    pub(crate) fn subscribe(
+        &self,
+        from: &str,
+        source: impl FnOnce() -> Source,
+    ) -> broadcast::Receiver<Delivery> {
+        let mut reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = reader.as_ref().and_then(broadcast::WeakSender::upgrade) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = broadcast::channel(BUFFERED_BATCHES);
+        *reader = Some(sender.downgrade());
+        tokio::spawn(read(source(), from.to_owned(), sender));
+        receiver
+    }
+}
+
+/// The reader: `XREAD BLOCK` after stream id `from`, broadcasting each batch, until no
+/// watcher listens or the store closes.
+async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>) {
+    let mut delays = kvstore_core::retry::backoff(
+        kvstore_core::RESUME_MIN_DELAY,
+        kvstore_core::RESUME_MAX_DELAY,
+    );
+    let mut last_id: Option<String> = Some(from);
+    let mut seen_epoch: Option<String> = None;
+    let mut connection: Option<Link> = None;
+    let mut first_connection = true;
+    loop {
+        if sender.receiver_count() == 0 || source.shutdown.is_cancelled() {
+            return;
+        }
+        let link = match connection.as_mut() {
+            Some(link) => link,
+            None => match connect(&source).await {
+                Ok(link) => {
+                    if !first_connection {
+                        // Watchers catch up on whatever fell between the connections.
+                        let _ = sender.send(Delivery::Reconnected);
+                    }
+                    first_connection = false;
+                    connection.insert(link)
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "redis watch reader cannot connect; retrying");
+                    let delay = delays.next().unwrap_or(kvstore_core::RESUME_MAX_DELAY);
+                    tokio::select! {
+                        () = source.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            },
+        };
+        let from = match &last_id {
+            Some(id) => id.clone(),
+            None => match top(link, &source.stream_key).await {
+                Ok(id) => last_id.insert(id).clone(),
+                Err(error) => {
+                    tracing::debug!(%error, "redis watch reader failed; reconnecting");
+                    connection = None;
+                    continue;
+                }
+            },
+        };
+        let pipeline = redis::pipe()
+            .cmd("GET")
+            .arg(&source.epoch_key)
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(WATCH_BLOCK.as_millis()).unwrap_or(u64::MAX))
+            .arg("STREAMS")
+            .arg(&source.stream_key)
+            .arg(&from)
+            .clone();
+        let reading = pipeline.query_async::<(Option<String>, Option<StreamReadReply>)>(link);
+        let read = tokio::select! {
+            () = source.shutdown.cancelled() => return,
+            read = reading => read,
+        };
+        match read {
+            Ok((epoch, reply)) => {
+                delays = kvstore_core::retry::backoff(
+                    kvstore_core::RESUME_MIN_DELAY,
+                    kvstore_core::RESUME_MAX_DELAY,
+                );
+                if seen_epoch.is_some() && epoch != seen_epoch {
+                    // The data was replaced (lost and written again): its stream is a new
+                    // one, so start again from its top; watchers see the new epoch.
+                    seen_epoch = epoch;
+                    last_id = None;
+                    let _ = sender.send(Delivery::Reconnected);
+                    continue;
+                }
+                seen_epoch = epoch.clone();
+                let entries: Vec<StreamId> = reply
+                    .into_iter()
+                    .flat_map(|r| r.keys)
+                    .flat_map(|k| k.ids)
+                    .collect();
+                let Some(last) = entries.last() else {
+                    continue;
+                };
+                last_id = Some(last.id.clone());
+                let _ = sender.send(Delivery::Entries {
+                    epoch,
+                    entries: Arc::new(entries),
+                });
+            }
+            Err(error) => {
+                tracing::debug!(%error, "redis watch reader failed; reconnecting");
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn connect(source: &Source) -> redis::RedisResult<Link> {
+    let mut link = source.endpoint.connect(Purpose::Watch).await?;
+    // On a cluster a command without a key goes to an arbitrary node: not worth it.
+    if !source.endpoint.is_cluster() {
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(WATCH_CLIENT_NAME)
+            .exec_async(&mut link)
+            .await?;
+    }
+    Ok(link)
+}
+
+/// The id of the stream's last entry now (`0-0` when it is empty): after the data was
+/// replaced, the reader starts again after it; what came before is the watchers' to
+/// catch up on.
+async fn top(link: &mut Link, stream_key: &str) -> redis::RedisResult<String> {
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream_key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(link)
+        .await?;
+    Ok(last
+        .ids
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |entry| entry.id))
+}

@@ -296,3 +296,21 @@ async fn a_write_after_the_revision_counter_was_evicted_fails_and_writes_nothing
     assert_eq!(store.get("a").await.unwrap(), before);
     assert_eq!(log_length(connection).await, logged, "nothing was logged");
 }
+
+/// A server that may evict keys under memory pressure is refused when the user asks for
+/// `require_noeviction`, and only warned about otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_server_is_refused_on_request() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]).unwrap();
+    let strict = RedisConfig::from_url(&format!("{}?require_noeviction=true", server.url()));
+    let refused = RedisStore::connect(strict.unwrap()).await;
+    match refused {
+        Err(Error::Config { message }) => assert!(message.contains("allkeys-lru"), "{message}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
+    }
+    let lenient = RedisStore::connect(RedisConfig::new(server.url())).await;
+    assert!(lenient.is_ok(), "{:?}", lenient.map(|_| ()));
+    let noeviction = RedisServer::start().unwrap();
+    let strict = RedisConfig::from_url(&format!("{}?require_noeviction=true", noeviction.url()));
+    RedisStore::connect(strict.unwrap()).await.unwrap();
+}

@@ -94,6 +94,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// longer exists succeeds.
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()>;
 
+    /// Apply `txn` atomically at one revision (docs/CONTRACT.md §10): evaluate its
+    /// comparisons with [`crate::Compare::holds`]'s semantics, apply the chosen branch,
+    /// and deliver its writes to watchers as one batch. Core has validated it: keys are
+    /// normalised, sizes and limits checked, no key written twice in a branch, and TTL
+    /// puts turned into leases (no `ttl` remains). The default is
+    /// [`crate::Error::Unsupported`], for backends whose capabilities say no.
+    async fn txn(&self, txn: &crate::txn::Txn) -> Result<crate::txn::TxnResponse> {
+        let _ = txn;
+        Err(crate::Error::Unsupported {
+            operation: "txn",
+            backend: self.name(),
+        })
+    }
+
     /// Watch `target` (docs/CONTRACT.md §5). The stream yields batches, each holding whole
     /// revisions only, in revision order: first a `Snapshot` when `from` is
     /// [`WatchFrom::Snapshot`], then `Put`/`Delete` events, or a `Resync` when history

@@ -15,8 +15,10 @@ pub struct Capabilities {
     pub ttl_granularity: Duration,
     /// Watches (`watch`, `watch_tree`, `watch_prefix_events`).
     pub watch: bool,
-    /// Locks (`new_lock`).
+    /// Locks (`new_lock`) and elections (`new_election`).
     pub locks: bool,
+    /// Transactions (`txn`), docs/CONTRACT.md §10.
+    pub transactions: bool,
     /// Whether time is `tokio::time` (so tests may pause it), as in the memory backend.
     /// Backends talking to a server measure TTLs with the server's clock instead.
     pub tokio_clock: bool,

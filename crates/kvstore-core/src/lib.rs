@@ -48,6 +48,7 @@ mod pair;
 mod redact;
 pub mod retry;
 mod store;
+mod txn;
 mod watch;
 
 pub use backend::{Backend, Condition};
@@ -61,6 +62,7 @@ pub use options::{DEFAULT_LOCK_TTL, LockOptions, MAX_TTL, PutOptions};
 pub use pair::KvPair;
 pub use redact::redact_url;
 pub use store::Store;
+pub use txn::{Compare, CompareOp, CompareTarget, MAX_TXN_OPS, Txn, TxnOp, TxnResponse, TxnResult};
 pub use watch::{
     EventBatchStream, RESUME_MAX_DELAY, RESUME_MIN_DELAY, Snapshot, WatchEvent, WatchFrom,
     WatchSource, WatchTarget, resuming,

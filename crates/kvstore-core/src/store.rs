@@ -16,6 +16,7 @@ use crate::lease::{Lease, LeaseId};
 use crate::lock::Locker;
 use crate::options::{LockOptions, PutOptions, check_ttl_range};
 use crate::pair::KvPair;
+use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::watch::{self, WatchEvent, WatchFrom, WatchTarget};
 
 /// A coordination store: keys, values, revisions, leases, watches and locks, with the
@@ -151,6 +152,17 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The backend's I/O errors.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+
+    /// Apply a transaction (etcd `Txn`, docs/CONTRACT.md §10): if every comparison holds,
+    /// the `and_then` operations, otherwise the `or_else` ones, atomically at one
+    /// revision; watchers see the branch's writes as one batch.
+    ///
+    /// # Errors
+    /// `InvalidArgument` past [`crate::MAX_TXN_OPS`] comparisons or operations in a branch,
+    /// for a key written twice in one branch, or for bad put options; `InvalidKey`,
+    /// `ValueTooLarge`; `Unsupported` without transaction support; `LeaseLost` for a put
+    /// on an unknown lease; the backend's I/O errors. Nothing is applied on an error.
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse>;
 
     /// Stop every background task and revoke this store's leases; every later call
     /// returns [`Error::Closed`]. Cloned handles share the store and are closed too.
@@ -343,6 +355,50 @@ impl<B: Backend> Store for B {
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         require(self, Backend::capabilities(self).leases, "revoke_lease")?;
         self.lease_revoke(lease).await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        require(self, Backend::capabilities(self).transactions, "txn")?;
+        let mut txn = txn.validated(Backend::capabilities(self).max_value_size)?;
+        // A TTL put becomes a fresh lease, as for `put`; the leases of the branch that
+        // is not applied (or of a failed call) are revoked again.
+        let mut granted = Vec::new();
+        for options in txn.ttl_puts_mut() {
+            let Some(ttl) = options.ttl else { continue };
+            check_ttl(self, ttl, "txn")?;
+            let grant = match self.lease_grant(ttl).await {
+                Ok(grant) => grant,
+                Err(error) => {
+                    for lease in granted {
+                        let _ = self.lease_revoke(lease).await;
+                    }
+                    return Err(error);
+                }
+            };
+            granted.push(grant.id);
+            *options = PutOptions::with_lease(grant.id);
+        }
+        let outcome = Backend::txn(self, &txn).await;
+        let kept: Vec<LeaseId> = match &outcome {
+            Ok(response) => txn
+                .branch(response.succeeded)
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOp::Put { options, .. } => options.lease,
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for lease in granted {
+            if kept.contains(&lease) {
+                self.lease_detach(lease);
+            } else {
+                // Best effort: an unused lease expires by itself anyway.
+                let _ = self.lease_revoke(lease).await;
+            }
+        }
+        outcome
     }
 
     async fn close(&self) -> Result<()> {

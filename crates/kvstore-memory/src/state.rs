@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kvstore_core::{Condition, Error, KvPair, LeaseId, LeaseLoss, Result};
+use kvstore_core::{
+    Condition, Error, KvPair, LeaseId, LeaseLoss, PutOptions, Result, Txn, TxnOp, TxnResponse,
+    TxnResult,
+};
 use tokio::time::Instant;
 
 use crate::BACKEND;
@@ -133,6 +136,11 @@ impl State {
             });
         }
         let revision = self.next_revision();
+        Ok(self.put_at(revision, key, value, lease))
+    }
+
+    /// Write `key` at `revision` (already taken), attached to `lease` (known to exist).
+    fn put_at(&mut self, revision: u64, key: &str, value: Bytes, lease: Option<LeaseId>) -> Entry {
         let previous = self.data.get(key);
         let create_revision = previous.map_or(revision, |e| e.create_revision);
         if let Some(old) = previous.and_then(|e| e.lease) {
@@ -151,7 +159,7 @@ impl State {
         };
         self.data.insert(key.to_owned(), entry.clone());
         self.record(revision, key.to_owned(), Some(entry.clone()));
-        Ok(entry)
+        entry
     }
 
     pub fn remove(
@@ -167,6 +175,68 @@ impl State {
         let revision = self.next_revision();
         self.delete_at(revision, key);
         Ok(Some(revision))
+    }
+
+    /// Apply `txn` (validated by core) at one revision: compare, then apply the chosen
+    /// branch; `physical` maps a user key to this handle's physical key.
+    pub fn txn(&mut self, txn: &Txn, physical: &dyn Fn(&str) -> String) -> Result<TxnResponse> {
+        let succeeded = txn.compares().iter().all(|compare| {
+            let current = self
+                .data
+                .get(&physical(&compare.key))
+                .map(|entry| entry.to_pair(compare.key.clone()));
+            compare.holds(current.as_ref())
+        });
+        let branch = txn.branch(succeeded);
+        // Check every lease before the first write: nothing is half-applied.
+        for op in branch {
+            if let TxnOp::Put {
+                options: PutOptions {
+                    lease: Some(id), ..
+                },
+                ..
+            } = op
+                && !self.leases.contains_key(id)
+            {
+                return Err(Error::LeaseLost {
+                    lease: *id,
+                    reason: LeaseLoss::Expired,
+                });
+            }
+        }
+        let writes = branch.iter().any(|op| !matches!(op, TxnOp::Get { .. }));
+        let revision = if writes {
+            self.next_revision()
+        } else {
+            self.revision
+        };
+        let mut results = Vec::with_capacity(branch.len());
+        for op in branch {
+            let key = physical(op.key());
+            results.push(match op {
+                TxnOp::Get { key: user_key } => {
+                    TxnResult::Get(self.data.get(&key).map(|e| e.to_pair(user_key.clone())))
+                }
+                TxnOp::Delete { .. } => {
+                    let deleted = self.data.contains_key(&key);
+                    self.delete_at(revision, &key);
+                    TxnResult::Delete { deleted }
+                }
+                TxnOp::Put {
+                    key: user_key,
+                    value,
+                    options,
+                } => {
+                    let entry = self.put_at(revision, &key, value.clone(), options.lease);
+                    TxnResult::Put(entry.to_pair(user_key.clone()))
+                }
+            });
+        }
+        Ok(TxnResponse {
+            succeeded,
+            revision,
+            results,
+        })
     }
 
     pub fn remove_range(&mut self, start: &str) -> Option<u64> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{
     Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    Prefix, Result, WatchFrom, WatchTarget,
+    Prefix, Result, Txn, TxnResponse, WatchFrom, WatchTarget,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -244,6 +244,7 @@ impl Backend for MemoryStore {
             watch: true,
             locks: true,
             tokio_clock: true,
+            transactions: true,
         }
     }
 
@@ -313,6 +314,11 @@ impl Backend for MemoryStore {
             state.revoke(lease);
             Ok(())
         })
+    }
+
+    async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
+        let physical = |key: &str| self.physical(key);
+        self.mutate(|state| state.txn(txn, &physical))
     }
 
     async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {

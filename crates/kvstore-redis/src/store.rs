@@ -519,6 +519,7 @@ impl Backend for RedisStore {
             watch: true,
             locks: true,
             tokio_clock: false,
+            transactions: false,
         }
     }
 

@@ -36,6 +36,7 @@ mod operations;
 pub mod proxy;
 pub mod redis_topology;
 pub mod server;
+mod txn;
 mod watch;
 
 pub use keys::*;
@@ -43,6 +44,7 @@ pub use leases::*;
 pub use lifecycle::*;
 pub use locks::*;
 pub use operations::*;
+pub use txn::*;
 pub use watch::*;
 
 /// Opens stores of the backend under test.
@@ -201,6 +203,13 @@ macro_rules! __each_conformance_test {
             fencing_tokens_increase,
             locks_exclude_under_contention,
             close_makes_every_call_fail_with_closed,
+            txn_applies_its_branch_at_one_revision,
+            txn_failed_compare_applies_nothing_of_the_other_branch,
+            txn_compares_value_revision_create_revision_lease_and_absence,
+            txn_writes_reach_watchers_as_one_revision,
+            txn_transfers_under_contention_conserve_every_unit,
+            txn_over_the_limits_is_invalid_argument,
+            txn_ttl_put_expires,
         }
     };
 }

@@ -38,6 +38,7 @@
 
 mod backend;
 mod capabilities;
+mod election;
 mod error;
 mod key;
 mod lease;
@@ -53,6 +54,7 @@ mod watch;
 
 pub use backend::{Backend, Condition};
 pub use capabilities::Capabilities;
+pub use election::{Election, ElectionOptions, Leadership};
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, MAX_KEY_LEN, Prefix};
 pub use lease::{Lease, LeaseGrant, LeaseId, LeaseLoss};

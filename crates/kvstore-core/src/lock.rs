@@ -1,9 +1,9 @@
 //! Distributed locks with fencing tokens (docs/CONTRACT.md §6), written once for every backend.
 //!
 //! The recipe is etcd `clientv3/concurrency`'s mutex: each contender grants a lease and
-//! creates a waiter key `{lock key}/{lease id}` in the store's lock area (outside the user
-//! key space); waiters are served in order of their keys' create revisions, and each one
-//! watches only its predecessor's key, so a release wakes exactly one waiter. The holder
+//! creates a waiter key `lock/{lock key}/{lease id}` in the store's lock area (outside
+//! the user key space); waiters are served in order of their keys' create revisions, and
+//! each one watches only its predecessor's key, so a release wakes exactly one waiter. The holder
 //! then writes the lock's value at the user key on the same lease (libkv: the value is
 //! visible while the lock is held). Revoking the lease releases everything at one
 //! revision; a dead holder's lease expires after its TTL.
@@ -87,29 +87,11 @@ impl Locker {
     /// (`Unavailable`, `Closed`, ...).
     pub async fn lock(&self) -> Result<LockGuard> {
         let lease = self.store.grant_lease(self.options.ttl).await?;
-        let waiter = self.key.join(&lease.id().to_string())?;
-        let mine = self
-            .area
-            .atomic_put(
-                waiter.as_str(),
-                bytes::Bytes::new(),
-                None,
-                PutOptions::with_lease(lease.id()),
-            )
+        let queue = Queue::new(self.area.clone(), LOCK_QUEUES, &self.key)?;
+        let mine = queue.join(&lease, bytes::Bytes::new()).await?;
+        queue
+            .wait_for_turn(&mine, &lease, self.key.as_str())
             .await?;
-        let lost = |reason| Error::LockLost {
-            key: self.key.to_string(),
-            reason,
-        };
-        loop {
-            let Some(predecessor) = self.predecessor(&mine).await? else {
-                break;
-            };
-            tokio::select! {
-                reason = lease.lost() => return Err(lost(reason)),
-                gone = self.wait_deleted(&predecessor) => gone?,
-            }
-        }
         self.store
             .put(
                 self.key.as_str(),
@@ -123,26 +105,96 @@ impl Locker {
             fencing_token: mine.create_revision,
         })
     }
+}
 
-    /// The waiter just ahead of `mine`, or `None` when `mine` is first in line.
-    async fn predecessor(&self, mine: &KvPair) -> Result<Option<String>> {
-        let waiters = self.area.list(self.key.as_str()).await?;
-        // Only this lock's own waiters (`key/<lease>`), not those of locks below it.
-        let mut queue: Vec<&KvPair> = waiters
-            .iter()
+/// Where lock waiters queue in the lock area: `lock/{key}/{lease}`.
+const LOCK_QUEUES: &str = "lock";
+
+/// A queue of contenders for one lock or election, in the store's lock area: each has a
+/// key `{queue}/{lease}` on its own lease, and they are served in the order of those
+/// keys' create revisions (etcd `concurrency`'s recipe).
+pub(crate) struct Queue {
+    area: Arc<dyn Store>,
+    prefix: Key,
+}
+
+impl Queue {
+    /// The queue `{kind}/{name}` of the lock area.
+    pub(crate) fn new(area: Arc<dyn Store>, kind: &str, name: &Key) -> Result<Queue> {
+        Ok(Queue {
+            area,
+            prefix: Key::new(kind)?.join(name.as_str())?,
+        })
+    }
+
+    /// The queue's prefix in the lock area.
+    pub(crate) fn prefix(&self) -> &Key {
+        &self.prefix
+    }
+
+    /// Enter the queue with `value`, on `lease`.
+    pub(crate) async fn join(&self, lease: &Lease, value: bytes::Bytes) -> Result<KvPair> {
+        let mine = self.prefix.join(&lease.id().to_string())?;
+        self.area
+            .atomic_put(
+                mine.as_str(),
+                value,
+                None,
+                PutOptions::with_lease(lease.id()),
+            )
+            .await
+    }
+
+    /// Wait until `mine` is first in line, watching only the contender just ahead.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] naming `name` when `mine` leaves the queue or its lease ends
+    /// while waiting; the store's errors.
+    pub(crate) async fn wait_for_turn(
+        &self,
+        mine: &KvPair,
+        lease: &Lease,
+        name: &str,
+    ) -> Result<()> {
+        let lost = |reason| Error::LockLost {
+            key: name.to_owned(),
+            reason,
+        };
+        loop {
+            let Some(predecessor) = self.predecessor(mine, name).await? else {
+                return Ok(());
+            };
+            tokio::select! {
+                reason = lease.lost() => return Err(lost(reason)),
+                gone = self.wait_deleted(&predecessor) => gone?,
+            }
+        }
+    }
+
+    /// The contenders in line, first first: only this queue's own (`prefix/<lease>`),
+    /// not those of queues below it.
+    pub(crate) fn in_line(&self, contenders: Vec<KvPair>) -> Vec<KvPair> {
+        let mut queue: Vec<KvPair> = contenders
+            .into_iter()
             .filter(|w| {
                 w.key
-                    .get(self.key.as_str().len() + 1..)
+                    .get(self.prefix.as_str().len() + 1..)
                     .is_some_and(|lease| !lease.contains('/'))
             })
             .collect();
+        queue.sort_by_key(|w| w.create_revision);
+        queue
+    }
+
+    /// The contender just ahead of `mine`, or `None` when `mine` is first in line.
+    async fn predecessor(&self, mine: &KvPair, name: &str) -> Result<Option<String>> {
+        let queue = self.in_line(self.area.list(self.prefix.as_str()).await?);
         if !queue.iter().any(|w| w.key == mine.key) {
             return Err(Error::LockLost {
-                key: self.key.to_string(),
+                key: name.to_owned(),
                 reason: LeaseLoss::Expired,
             });
         }
-        queue.sort_by_key(|w| w.create_revision);
         Ok(queue
             .iter()
             .take_while(|w| w.create_revision < mine.create_revision)
@@ -150,15 +202,15 @@ impl Locker {
             .map(|w| w.key.clone()))
     }
 
-    async fn wait_deleted(&self, waiter: &str) -> Result<()> {
-        let mut states = self.area.watch(waiter).await?;
+    async fn wait_deleted(&self, contender: &str) -> Result<()> {
+        let mut states = self.area.watch(contender).await?;
         while let Some(state) = states.next().await {
             if state?.is_none() {
                 return Ok(());
             }
         }
         Err(Error::Closed {
-            backend: self.store.backend(),
+            backend: self.area.backend(),
         })
     }
 }

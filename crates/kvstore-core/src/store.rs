@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 
 use crate::backend::{Backend, Condition};
 use crate::capabilities::Capabilities;
+use crate::election::{Election, ElectionOptions};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix, is_valid_key};
 use crate::lease::{Lease, LeaseId};
@@ -131,6 +132,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `InvalidKey`, `InvalidArgument` (a zero TTL or one over [`crate::MAX_TTL`]), `Unsupported` without lock support.
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker>;
+
+    /// An [`Election`] named `name` (etcd `concurrency.NewElection`, docs/CONTRACT.md
+    /// §11); nothing is written until [`Election::campaign`].
+    ///
+    /// # Errors
+    /// `InvalidKey` for a malformed name, `InvalidArgument` (a zero TTL or one over
+    /// [`crate::MAX_TTL`]), `Unsupported` without lock support.
+    fn new_election(&self, name: &str, options: ElectionOptions) -> Result<Election>;
 
     /// Grant a lease of `ttl` (rounded up to the backend's granularity) and keep it alive
     /// in the background every `ttl / 3` while the returned handle lives.
@@ -336,6 +345,18 @@ impl<B: Backend> Store for B {
             Arc::new(self.clone()),
             Arc::new(self.lock_area()),
             key,
+            options,
+        ))
+    }
+
+    fn new_election(&self, name: &str, options: ElectionOptions) -> Result<Election> {
+        let name = Key::new(name)?;
+        require(self, Backend::capabilities(self).locks, "new_election")?;
+        check_ttl(self, options.ttl, "new_election")?;
+        Ok(Election::new(
+            Arc::new(self.clone()),
+            Arc::new(self.lock_area()),
+            name,
             options,
         ))
     }

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kvstore_core::{Result, Store};
 
+mod election;
 mod keys;
 mod leases;
 mod lifecycle;
@@ -38,7 +39,9 @@ pub mod redis_topology;
 pub mod server;
 mod txn;
 mod watch;
+pub mod zookeeper;
 
+pub use election::*;
 pub use keys::*;
 pub use leases::*;
 pub use lifecycle::*;
@@ -210,6 +213,11 @@ macro_rules! __each_conformance_test {
             txn_transfers_under_contention_conserve_every_unit,
             txn_over_the_limits_is_invalid_argument,
             txn_ttl_put_expires,
+            election_has_one_leader_at_a_time_across_connections,
+            killed_leader_is_replaced_within_ttl,
+            observers_see_every_leader_change_in_order,
+            proclaim_after_resigning_elsewhere_is_lock_lost,
+            elections_and_locks_of_one_name_do_not_meet,
         }
     };
 }

@@ -9,6 +9,7 @@
 //! | `memory://` | `memory` (default) | in-process, on tokio's clock |
 //! | `etcd://host:port[,host:port...][/namespace]` | `etcd` | etcd v3 |
 //! | `redis://host:port[/db][?namespace=NAME]` | `redis` | Redis (`rediss://` for TLS) |
+//! | `zookeeper://host:port[,host:port...][/namespace]` | `zookeeper` | a ZooKeeper ensemble |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -21,7 +22,7 @@
 //! let instances = store.list("services/api").await?;
 //! assert_eq!(instances.len(), 1);
 //!
-//! let wrong = kvstore::open("zookeeper://localhost:2181").await;
+//! let wrong = kvstore::open("consul://localhost:8500").await;
 //! assert!(matches!(wrong, Err(kvstore::Error::Config { .. })));
 //! # Ok(()) }
 //! ```
@@ -40,6 +41,10 @@ pub use kvstore_etcd as etcd;
 /// The Redis backend ([`kvstore_redis`]).
 #[cfg(feature = "redis")]
 pub use kvstore_redis as redis;
+
+/// The ZooKeeper backend ([`kvstore_zookeeper`]).
+#[cfg(feature = "zookeeper")]
+pub use kvstore_zookeeper as zookeeper;
 
 /// The in-memory backend ([`kvstore_memory`]).
 #[cfg(feature = "memory")]

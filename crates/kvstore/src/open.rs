@@ -47,6 +47,8 @@ impl std::fmt::Debug for OpenOptions {
 ///   TLS) — Redis (feature `redis`); `redis+cluster://h1:p1,h2:p2[?..]` a Redis
 ///   Cluster; `redis+sentinel://s1:p1[,s2:p2]/master[/db][?..]` the primary Sentinel
 ///   names, followed across failovers.
+/// - `zookeeper://[user:password@]host:port[,host:port...][/namespace][?..]` — a
+///   ZooKeeper ensemble (feature `zookeeper`); the password is `digest` authentication.
 ///
 /// # Errors
 /// [`Error::Config`] for a malformed URL, an unknown scheme, or a scheme whose feature
@@ -73,6 +75,7 @@ pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store
         "memory" => open_memory(url, options),
         "etcd" => open_etcd(url, options).await,
         "redis" | "rediss" | "redis+cluster" | "redis+sentinel" => open_redis(url, options).await,
+        "zookeeper" => open_zookeeper(url, options).await,
         _ => {
             // Both quoted from the redacted URL: text before `://` that is no valid
             // scheme may hold a password.
@@ -80,14 +83,19 @@ pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store
             let other = shown.split_once("://").map_or("", |(scheme, _)| scheme);
             Err(Error::Config {
                 message: format!(
-                    "unknown store scheme {other:?} in {shown:?}: expected memory://, etcd:// or redis://"
+                    "unknown store scheme {other:?} in {shown:?}: expected memory://, etcd://, redis:// or zookeeper://"
                 ),
             })
         }
     }
 }
 
-#[cfg(not(all(feature = "memory", feature = "etcd", feature = "redis")))]
+#[cfg(not(all(
+    feature = "memory",
+    feature = "etcd",
+    feature = "redis",
+    feature = "zookeeper"
+)))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::Config {
         message: format!(
@@ -168,6 +176,37 @@ async fn open_redis(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> 
 async fn open_redis(url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once("://").map_or("redis", |(scheme, _)| scheme);
     Err(feature_off(scheme, "redis"))
+}
+
+#[cfg(feature = "zookeeper")]
+async fn open_zookeeper(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    if options.ca_pem.is_some() {
+        return Err(Error::Config {
+            message: "zookeeper:// does not support TLS".into(),
+        });
+    }
+    let mut config = kvstore_zookeeper::ZooKeeperConfig::from_url(url)?;
+    if let Some(namespace) = &options.namespace {
+        config.namespace = namespace.clone();
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    if let Some(timeout) = options.request_timeout {
+        config.request_timeout = timeout;
+    }
+    if let Some(credentials) = &options.credentials {
+        config.credentials = Some(credentials.clone());
+    }
+    config.validate()?;
+    Ok(Arc::new(
+        kvstore_zookeeper::ZooKeeperStore::connect(config).await?,
+    ))
+}
+
+#[cfg(not(feature = "zookeeper"))]
+async fn open_zookeeper(_url: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    Err(feature_off("zookeeper", "zookeeper"))
 }
 
 #[cfg(feature = "memory")]

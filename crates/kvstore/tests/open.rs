@@ -26,8 +26,27 @@ async fn malformed_url_is_a_config_error_naming_it() {
 
 #[tokio::test]
 async fn unknown_scheme_is_a_config_error_naming_it() {
-    let message = config_message(kvstore::open("zookeeper://h:2181").await);
-    assert!(message.contains("zookeeper"), "{message}");
+    let message = config_message(kvstore::open("consul://h:8500").await);
+    assert!(message.contains("consul"), "{message}");
+}
+
+#[cfg(feature = "zookeeper")]
+#[tokio::test]
+async fn zookeeper_url_opens_a_zookeeper_store() {
+    let server = kvstore_testsuite::zookeeper::shared_zookeeper();
+    let store = kvstore::open(&format!("zookeeper://{}/open-test", server.address()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "zookeeper");
+    let message = config_message(kvstore::open("zookeeper://nohostport").await);
+    assert!(message.contains("host:port"), "{message}");
+}
+
+#[cfg(not(feature = "zookeeper"))]
+#[tokio::test]
+async fn zookeeper_url_without_the_feature_names_the_feature() {
+    let message = config_message(kvstore::open("zookeeper://127.0.0.1:2181").await);
+    assert!(message.contains("`zookeeper` feature"), "{message}");
 }
 
 #[tokio::test]
@@ -81,7 +100,7 @@ async fn errors_quoting_the_url_do_not_show_its_password() {
     let mut urls = vec![
         "u:hunter2@localhost:2379",
         "u:hunter2@h://x",
-        "zookeeper://u:hunter2@h:2181",
+        "consul://u:hunter2@h:8500",
         "memory://u:hunter2@somehost/path",
         "memory://u:hunter2@?colour=blue",
     ];
@@ -93,6 +112,12 @@ async fn errors_quoting_the_url_do_not_show_its_password() {
     }
     if cfg!(feature = "redis") {
         urls.extend(["redis://u:hunter2@h:6379/notadb", "redis://u:hunter2@h:x/0"]);
+    }
+    if cfg!(feature = "zookeeper") {
+        urls.extend([
+            "zookeeper://u:hunter2@nohostport",
+            "zookeeper://u:hunter2@h:1?colour=1",
+        ]);
     }
     for url in urls {
         let message = config_message(kvstore::open(url).await);

@@ -1,0 +1,264 @@
+//! [`ZooKeeperConfig`]: ensemble, namespace, credentials, timeouts and limits.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Key, Result, redact_url};
+
+/// Default time allowed to establish a session: 5 s (docs/CONTRACT.md §7).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline of one call, retries on write conflicts included: 10 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default ZooKeeper session timeout asked of the ensemble: 10 s. The store keeps no
+/// ephemeral nodes, so an expired session only means reconnecting with a new one; the
+/// client also declares a silent server lost after 2/5 of it.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default namespace: keys live under the znode `/kvstore`.
+pub const DEFAULT_NAMESPACE: &str = "kvstore";
+/// Default largest value: 480 KiB. A write carries its value twice (the key's znode and
+/// its change-log entry) in one `multi` request, which the server bounds by its
+/// `jute.maxbuffer` (1 MiB by default); keys of up to 4 KiB appear three times.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 480 * 1024;
+/// Default number of change-log entries kept (one per operation): how far a watcher may
+/// fall behind before it gets a `Resync`.
+pub const DEFAULT_LOG_MAX_LEN: usize = 10_000;
+
+/// The URL scheme of this backend.
+pub const SCHEME: &str = "zookeeper";
+
+/// How to reach the ensemble and where keys live.
+///
+/// Its `Debug` shows the password as `***`.
+#[derive(Clone)]
+pub struct ZooKeeperConfig {
+    /// The ensemble, `host:port[,host:port...]` (ZooKeeper's connect string, without a
+    /// chroot).
+    pub hosts: String,
+    /// Every znode of the store lives under `/{namespace}`; a valid key (it may have
+    /// several segments). Default [`DEFAULT_NAMESPACE`].
+    pub namespace: String,
+    /// `digest` authentication as `(user, password)`. With credentials, every znode the
+    /// store creates gets the `CREATOR_ALL` ACL: only sessions authenticated as the same
+    /// user can read or write it.
+    pub credentials: Option<(String, String)>,
+    /// Time allowed to establish a session. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Deadline of each call. Default 10 s.
+    pub request_timeout: Duration,
+    /// ZooKeeper session timeout asked of the ensemble. Default 10 s.
+    pub session_timeout: Duration,
+    /// Largest value accepted, in bytes. Default 480 KiB; raise it only for an ensemble
+    /// whose `jute.maxbuffer` is larger than 1 MiB (to at most half of it, less 32 KiB).
+    pub max_value_size: usize,
+    /// Change-log entries kept. Default 10,000.
+    pub log_max_len: usize,
+}
+
+impl std::fmt::Debug for ZooKeeperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperConfig")
+            .field("hosts", &self.hosts)
+            .field("namespace", &self.namespace)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .field("log_max_len", &self.log_max_len)
+            .finish()
+    }
+}
+
+impl ZooKeeperConfig {
+    /// A configuration for the ensemble `hosts` (`h1:2181,h2:2181`) with every default.
+    pub fn new(hosts: impl Into<String>) -> ZooKeeperConfig {
+        ZooKeeperConfig {
+            hosts: hosts.into(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            credentials: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            log_max_len: DEFAULT_LOG_MAX_LEN,
+        }
+    }
+
+    /// Parse `zookeeper://[user:password@]h1:2181[,h2:2181...][/namespace][?options]`.
+    ///
+    /// The path is the namespace (default [`DEFAULT_NAMESPACE`]); user and password are
+    /// percent-decoded and used for `digest` authentication. Options:
+    /// `connect_timeout=MS`, `request_timeout=MS`, `session_timeout=MS`,
+    /// `log_max_len=N`, `max_value_size=BYTES`, `namespace=NAME` (instead of the path).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the malformed part, quoting the URL without its password
+    /// ([`redact_url`]).
+    pub fn from_url(raw: &str) -> Result<ZooKeeperConfig> {
+        let bad = |what: String| Error::Config {
+            message: format!("invalid zookeeper URL {:?}: {what}", redact_url(raw)),
+        };
+        let rest = raw
+            .strip_prefix(SCHEME)
+            .and_then(|r| r.strip_prefix("://"))
+            .ok_or_else(|| {
+                bad(format!(
+                    "expected {SCHEME}://host:port[,host:port...][/namespace]"
+                ))
+            })?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (userinfo, rest) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if hosts.is_empty() {
+            return Err(bad("at least one host:port is required".into()));
+        }
+        for host in hosts.split(',') {
+            let valid = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !valid {
+                return Err(bad(format!("expected host:port, got {host:?}")));
+            }
+        }
+        let mut config = ZooKeeperConfig::new(hosts);
+        if let Some(userinfo) = userinfo {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8()
+                    .map(|t| t.into_owned())
+                    .map_err(|_| bad("the credentials are not valid UTF-8".into()))
+            };
+            config.credentials = Some((decode(user)?, decode(password)?));
+        }
+        let path = path.trim_matches('/');
+        if !path.is_empty() {
+            config.namespace = percent_encoding::percent_decode_str(path)
+                .decode_utf8()
+                .map_err(|_| bad("the namespace is not valid UTF-8".into()))?
+                .into_owned();
+        }
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            config.take_option(name, value).map_err(bad)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn take_option(&mut self, name: &str, value: &str) -> std::result::Result<(), String> {
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name} must be a number, got {value:?}"))
+        };
+        match name {
+            "namespace" => self.namespace = value.to_owned(),
+            "connect_timeout" => self.connect_timeout = Duration::from_millis(number()?),
+            "request_timeout" => self.request_timeout = Duration::from_millis(number()?),
+            "session_timeout" => self.session_timeout = Duration::from_millis(number()?),
+            "log_max_len" => {
+                self.log_max_len = usize::try_from(number()?).map_err(|e| e.to_string())?;
+            }
+            "max_value_size" => {
+                self.max_value_size = usize::try_from(number()?).map_err(|e| e.to_string())?;
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Check the configuration before connecting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid namespace (not a valid key, a character ZooKeeper
+    /// refuses in paths, or under `/zookeeper`), a zero timeout or log length, or no host.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Config { message });
+        let namespace_ok = Key::new(&self.namespace).is_ok_and(|k| k.as_str() == self.namespace)
+            && !self
+                .namespace
+                .chars()
+                .any(crate::layout::refused_by_zookeeper)
+            && self.namespace.split('/').next() != Some("zookeeper");
+        if !namespace_ok {
+            return bad(format!(
+                "invalid zookeeper namespace {:?}: it must be a normalised key, not under \
+                 /zookeeper",
+                self.namespace
+            ));
+        }
+        if self.hosts.is_empty() {
+            return bad("a zookeeper ensemble needs at least one host:port".into());
+        }
+        if self.connect_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.session_timeout.is_zero()
+        {
+            return bad("zookeeper timeouts must be greater than zero".into());
+        }
+        if self.log_max_len == 0 {
+            return bad("log_max_len must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_hosts_namespace_and_options() {
+        let config = ZooKeeperConfig::from_url(
+            "zookeeper://h1:2181,h2:2182/app/prod?request_timeout=250&log_max_len=7",
+        )
+        .unwrap();
+        assert_eq!(config.hosts, "h1:2181,h2:2182");
+        assert_eq!(config.namespace, "app/prod");
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
+        assert_eq!(config.log_max_len, 7);
+        let default = ZooKeeperConfig::from_url("zookeeper://127.0.0.1:2181").unwrap();
+        assert_eq!(default.namespace, DEFAULT_NAMESPACE);
+        assert!(default.credentials.is_none());
+    }
+
+    #[test]
+    fn malformed_urls_name_the_problem() {
+        for (url, needle) in [
+            ("zookeeper://", "host"),
+            ("zookeeper://h", "host:port"),
+            ("zookeeper://h:notaport", "host:port"),
+            ("etcd://h:2379", "zookeeper://"),
+            ("zookeeper://h:1?colour=red", "colour"),
+            ("zookeeper://h:1/zookeeper/x", "namespace"),
+            ("zookeeper://h:1/a//b", "namespace"),
+        ] {
+            match ZooKeeperConfig::from_url(url) {
+                Err(Error::Config { message }) => {
+                    assert!(message.contains(needle), "{url}: {message}")
+                }
+                other => panic!("{url}: expected Config, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_are_decoded_and_never_shown() {
+        let config = ZooKeeperConfig::from_url("zookeeper://bob:hunter%402@h:2181/ns").unwrap();
+        assert_eq!(
+            config.credentials,
+            Some(("bob".to_owned(), "hunter@2".to_owned()))
+        );
+        let debug = format!("{config:?} {config:#?}");
+        assert!(!debug.contains("hunter"), "{debug}");
+        let error = ZooKeeperConfig::from_url("zookeeper://bob:hunter2@h:2181/ns?x=1").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

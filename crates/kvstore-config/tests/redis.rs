@@ -1,0 +1,34 @@
+//! Live configuration on a real redis-server started by the test support.
+
+mod scenarios;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kvstore_core::{Result, Store};
+use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testsuite::Harness;
+use kvstore_testsuite::server::shared_redis;
+
+struct RedisHarness;
+
+#[async_trait]
+impl Harness for RedisHarness {
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Store>> {
+        let mut config = RedisConfig::new(shared_redis().url());
+        config.namespace = namespace.to_owned();
+        Ok(Arc::new(RedisStore::connect(config).await?))
+    }
+
+    async fn compact(&self, _namespace: &str) -> Result<()> {
+        Err(kvstore_core::Error::Unsupported {
+            operation: "compact",
+            backend: "redis",
+        })
+    }
+}
+
+config_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    harness = RedisHarness,
+}

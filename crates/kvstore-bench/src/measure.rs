@@ -81,11 +81,24 @@ pub struct Row {
     pub ours: f64,
     pub raw: Option<f64>,
     pub target: Target,
+    /// A second raw baseline doing the same work with the same guarantees (Redis: a Lua
+    /// script of `INCR` + `XADD` + `HSET` + `ZADD`, `HMGET` of the same hash), when the
+    /// plain `raw` one does less work.
+    pub contract: Option<f64>,
+    /// The spread of the per-round ratios, for rows measured in rounds.
+    pub spread: String,
 }
 
 impl Row {
     pub fn ratio(&self) -> Option<f64> {
         self.raw.filter(|r| *r > 0.0).map(|raw| self.ours / raw)
+    }
+
+    /// ours / the same-guarantees baseline.
+    pub fn contract_ratio(&self) -> Option<f64> {
+        self.contract
+            .filter(|r| *r > 0.0)
+            .map(|raw| self.ours / raw)
     }
 
     pub fn verdict(&self) -> &'static str {

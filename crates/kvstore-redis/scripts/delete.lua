@@ -7,4 +7,5 @@ if condition == 'revision' then
   if not current then return { 'not_found', 0 } end
   if current ~= expected then return { 'modified', tonumber(current) } end
 end
+load_deletes()
 return { 'ok', delete_all({ { area, key } }) }

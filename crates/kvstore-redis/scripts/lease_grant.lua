@@ -4,6 +4,6 @@
 -- -> {'ok', id} | {'taken'} when the id is in use (the client draws another)
 local ttl, id = tonumber(ARGV[3]), ARGV[4]
 if redis.call('ZSCORE', LEASES, id) then return { 'taken' } end
-redis.call('ZADD', LEASES, int(NOW + ttl), id)
+redis.call('ZADD', LEASES, int(clock() + ttl), id)
 redis.call('HSET', LEASE_TTL, id, int(ttl))
 return { 'ok', id }

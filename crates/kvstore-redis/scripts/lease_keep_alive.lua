@@ -2,5 +2,5 @@
 local id = ARGV[3]
 local ttl = tonumber(redis.call('HGET', LEASE_TTL, id))
 if not ttl or not redis.call('ZSCORE', LEASES, id) then return -1 end
-redis.call('ZADD', LEASES, int(NOW + ttl), id)
+redis.call('ZADD', LEASES, int(clock() + ttl), id)
 return ttl

@@ -11,17 +11,25 @@ if condition == 'revision' then
   if current[1] ~= expected then return { 'modified', tonumber(current[1]) } end
 end
 if lease ~= '' and not redis.call('ZSCORE', LEASES, lease) then return { 'no_lease', 0 } end
-local rev, fresh = revision_to_write()
-local crev = rev
-if exists then crev = tonumber(current[2]) end
-log_put(rev, 0, 1, area, key, value, crev, lease)
-commit_revision(rev, fresh)
-if exists then detach(area, key, current[3]) end
-redis.call('DEL', dk)
-redis.call('HSET', dk, 'value', value, 'revision', int(rev), 'create_revision', int(crev))
+local rev, srev, fresh = revision_to_write()
+local crev, screv = rev, srev
+if exists then
+  -- as written by this script, formatted with int()
+  screv = current[2]
+  crev = tonumber(screv)
+end
+log_put(srev, 0, '1', area, key, value, screv, lease)
+commit_revision(srev, fresh)
+-- One HSET rewrites every field; only a lease the key no longer has must go (HDEL),
+-- and its lease's key set must forget the key (unless it stays on the same lease).
+local old = current[3] or ''
+if exists and old ~= '' and old ~= lease then detach(area, key, old) end
 if lease ~= '' then
-  redis.call('HSET', dk, 'lease', lease)
+  redis.call('HSET', dk, 'value', value, 'revision', srev, 'create_revision', screv, 'lease', lease)
   redis.call('SADD', lease_members(lease), area .. '\0' .. key)
+else
+  redis.call('HSET', dk, 'value', value, 'revision', srev, 'create_revision', screv)
+  if old ~= '' then redis.call('HDEL', dk, 'lease') end
 end
 if not exists then redis.call('ZADD', index_key(area), 0, key) end
 return { 'ok', rev, crev }

@@ -3,6 +3,7 @@
 -- after `revision` with nothing in between. `tip` is the tip stamped on the change log
 -- entries of `revision` ('' when none is logged), for telling a rollback apart later.
 local area, mode, target = ARGV[3], ARGV[4], ARGV[5]
+load_reads()
 local revision = current_revision()
 local out = { revision, epoch(), tip_of(revision) }
 local keys

@@ -4,6 +4,7 @@
 -- empty, tip of ARGV[3]'s entries or ''}, for watchers checking that the history they
 -- resume from is still complete and still the one they saw (a server that rolled back
 -- and wrote again has other tips).
+load_reads()
 local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
 local before_oldest = ''
 if first then

@@ -23,6 +23,7 @@ pub(crate) struct Scripts {
     pub lease_grant: Script,
     pub lease_keep_alive: Script,
     pub lease_revoke: Script,
+    pub txn: Script,
     pub reap: Script,
     /// Standalone: whether a lease is alive, for reads of leased keys.
     pub lease_alive: Script,
@@ -38,6 +39,7 @@ impl Scripts {
             lease_grant: script!("lease_grant"),
             lease_keep_alive: script!("lease_keep_alive"),
             lease_revoke: script!("lease_revoke"),
+            txn: script!("txn"),
             reap: script!("reap"),
             lease_alive: Script::new(include_str!("../scripts/lease_alive.lua")),
         }

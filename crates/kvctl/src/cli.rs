@@ -153,6 +153,28 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run a command while leading an election; exits with the command's status.
+    Elect {
+        /// The election's name.
+        name: String,
+        /// This candidate's value, visible to observers while it leads.
+        value: String,
+        /// Lease TTL in seconds: a crashed leader is replaced after this long.
+        #[arg(long, default_value_t = 15.0)]
+        ttl: f64,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Apply a transaction read from standard input or --file, in etcdctl's text form:
+    /// comparisons, a blank line, operations if they all hold, a blank line, operations
+    /// otherwise. Comparisons: value|mod|create|lease("KEY") =|!=|>|< "OPERAND";
+    /// operations: put KEY VALUE, del KEY, get KEY.
+    Txn {
+        /// Read the transaction from this file instead of standard input.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Leases.
     #[command(subcommand)]
     Lease(LeaseCommand),

@@ -7,6 +7,7 @@ mod lease;
 mod lock;
 mod output;
 mod services;
+mod txn;
 mod watch;
 
 use std::process::ExitCode;
@@ -94,7 +95,9 @@ fn check_arguments(cli: &Cli) -> Result<(), Failure> {
                 keys::lease_id(lease)?;
             }
         }
-        Command::Lock { ttl, .. } | Command::Svc(ServiceCommand::Register { ttl, .. }) => {
+        Command::Lock { ttl, .. }
+        | Command::Elect { ttl, .. }
+        | Command::Svc(ServiceCommand::Register { ttl, .. }) => {
             seconds("--ttl", *ttl)?;
         }
         Command::Lease(LeaseCommand::Grant { ttl }) => {
@@ -109,6 +112,7 @@ fn check_arguments(cli: &Cli) -> Result<(), Failure> {
         | Command::Rm { .. }
         | Command::Cas { .. }
         | Command::Watch { .. }
+        | Command::Txn { .. }
         | Command::Svc(_) => {}
     }
     Ok(())
@@ -160,6 +164,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Watch { key, prefix } => watch::watch(&store, &key, prefix, format).await?,
         Command::Lock { key, ttl, command } => {
             lock::run_locked(&store, &key, ttl, &command).await?
+        }
+        Command::Elect {
+            name,
+            value,
+            ttl,
+            command,
+        } => lock::run_elected(&store, &name, &value, ttl, &command).await?,
+        Command::Txn { file } => {
+            let text = match file {
+                Some(path) => std::fs::read_to_string(&path).map_err(|e| {
+                    usage("txn --file", format!("cannot read {}: {e}", path.display()))
+                })?,
+                None => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| usage("txn", format!("cannot read standard input: {e}")))?,
+            };
+            txn::run(&store, &text, format).await?
         }
         Command::Lease(command) => lease::run(&store, command, format).await?,
         Command::Svc(command) => services::run(&store, command, format).await?,

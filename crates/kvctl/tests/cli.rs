@@ -553,3 +553,93 @@ fn help_names_the_default_store_and_hides_the_environment() {
         other => panic!("{other:?}: {}", stderr(&output)),
     }
 }
+
+/// kvctl txn with stdin in etcdctl's text form
+fn txn(store: &str, namespace: &str, text: &str) -> Output {
+    let mut child = kvctl(store, namespace)
+        .arg("txn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvctl runs");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("kvctl reads its input");
+    child.wait_with_output().expect("kvctl ends")
+}
+
+#[test]
+fn txn_applies_the_branch_its_comparisons_choose() {
+    for (backend, store) in stores() {
+        let namespace = unique_namespace();
+        let put = run(kvctl(&store, &namespace).args(["put", "config/mode", "blue"]));
+        assert_exit(&put, 0, backend);
+        let applied = txn(
+            &store,
+            &namespace,
+            "value(\"config/mode\") = \"blue\"\n\nput config/mode \"dark green\"\nput config/new x\n\nget config/mode\n",
+        );
+        assert_exit(&applied, 0, backend);
+        let lines: Vec<String> = stdout(&applied).lines().map(str::to_owned).collect();
+        assert_eq!(lines[0], "SUCCESS", "{backend}: {lines:?}");
+        assert_eq!(lines.len(), 3, "{backend}: {lines:?}");
+        let get = run(kvctl(&store, &namespace).args(["get", "config/mode"]));
+        assert_eq!(stdout(&get).trim(), "dark green", "{backend}");
+
+        let refused = txn(
+            &store,
+            &namespace,
+            "value(\"config/mode\") = \"blue\"\n\nput config/mode red\n\nget config/mode\n",
+        );
+        assert_exit(&refused, 0, backend);
+        assert_eq!(
+            stdout(&refused).lines().collect::<Vec<_>>(),
+            ["FAILURE", "config/mode", "dark green"],
+            "{backend}"
+        );
+        let bad = txn(&store, &namespace, "size(\"a\") = \"1\"\n");
+        assert_exit(&bad, 2, backend);
+        assert!(
+            stderr(&bad).contains("line 1"),
+            "{backend}: {}",
+            stderr(&bad)
+        );
+    }
+}
+
+#[test]
+fn elect_runs_the_command_as_leader_with_its_fencing_token() {
+    for (backend, store) in stores() {
+        let namespace = unique_namespace();
+        let output = run(kvctl(&store, &namespace).args([
+            "elect",
+            "scheduler",
+            "node-1",
+            "--ttl",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            "echo token=$KVSTORE_FENCING_TOKEN; exit 7",
+        ]));
+        assert_exit(&output, 7, backend);
+        let token = stdout(&output);
+        assert!(token.starts_with("token="), "{backend}: {token:?}");
+        assert!(
+            token
+                .trim()
+                .trim_start_matches("token=")
+                .parse::<u64>()
+                .is_ok(),
+            "{backend}: {token:?}"
+        );
+        assert!(
+            stderr(&output).contains("leading election scheduler"),
+            "{backend}"
+        );
+    }
+}

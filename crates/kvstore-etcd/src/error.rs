@@ -48,7 +48,9 @@ pub(crate) fn from_etcd(operation: &'static str, error: etcd_client::Error) -> E
             let message = status.message().to_owned();
             match status.code() {
                 // etcd answers DeadlineExceeded when it has no leader: try again later.
-                Code::Unavailable | Code::Aborted | Code::DeadlineExceeded => {
+                // Cancelled: the connection to the member closed under the request (the
+                // member died); whether a write was applied is unknown.
+                Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled => {
                     unavailable(operation, message, error)
                 }
                 Code::Unauthenticated | Code::PermissionDenied => Error::Auth {

@@ -42,6 +42,9 @@ pub(crate) const RANGE_PAGE_KEYS: i64 = 1000;
 /// First and longest pause between attempts of a read-only request that failed on a
 /// leader change or an unreachable member (the request timeout bounds the whole).
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(25);
+/// Pause before connecting again after a member refused the connection: another member
+/// is likely up, and a refused connection costs nothing.
+const UNSENT_RETRY_DELAY: Duration = Duration::from_millis(10);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// The lock area sits beside the namespace: `{namespace}` + this + `/`. A control
@@ -147,14 +150,22 @@ impl EtcdStore {
                 client.status().await?;
                 Ok::<_, etcd_client::Error>(client)
             };
-            let error = match tokio::time::timeout_at(deadline, attempt).await {
+            let (error, unsent) = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(client)) => break client,
-                Ok(Err(error)) => from_etcd("connect", error),
+                Ok(Err(error)) => {
+                    let unsent = never_sent(&error);
+                    (from_etcd("connect", error), unsent)
+                }
                 Err(_) => return Err(last_error.unwrap_or_else(|| unreachable(&config))),
             };
-            // The balanced channel may have picked a member that is down: try again,
-            // which reaches another one, until the connect timeout.
-            let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+            // The balanced channel may have picked a member that is down (the connection
+            // was refused: nothing was sent): try again at once, which reaches another
+            // one; anything else with backoff; both until the connect timeout.
+            let delay = if unsent {
+                UNSENT_RETRY_DELAY
+            } else {
+                delays.next().unwrap_or(RETRY_MAX_DELAY)
+            };
             if !matches!(error, Error::Unavailable { .. }) || Instant::now() + delay >= deadline {
                 return Err(error);
             }

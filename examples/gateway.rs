@@ -1,5 +1,7 @@
 //! An HTTP gateway as its own process: discovers a service's live instances and
-//! round-robins every request to them, printing each change of the instance set.
+//! balances every request over them with tower's p2c balancer, printing each change of
+//! the instance set and when it goes stale (the registry stops answering, or
+//! protection holds back a drop).
 //!
 //! ```text
 //! cargo run --features etcd,redis --example gateway -- --store etcd://127.0.0.1:2379 --service echo --listen 127.0.0.1:8080
@@ -7,6 +9,7 @@
 //! ```
 
 use clap::Parser;
+use futures::StreamExt;
 use kvstore_discovery::{Discovery, InstanceChange};
 use kvstore_examples::gateway;
 use tokio::net::TcpListener;
@@ -30,7 +33,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
     let args = Args::parse();
     let store = kvstore::open(&args.store).await?;
-    let mut instances = Discovery::new(store).watch(&args.service).await?;
+    let discovery = Discovery::new(store);
+    // Two sets of one service from one `Discovery` share one watch: one is printed, the
+    // other feeds the balancer.
+    let mut instances = discovery.watch(&args.service).await?;
     let listener = TcpListener::bind(&args.listen).await?;
     println!("gateway listening on {}", listener.local_addr()?);
     println!(
@@ -38,12 +44,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.service,
         instances.instances().len()
     );
-    let server = gateway::serve(listener, instances.reader());
+    let server = gateway::serve(listener, discovery.watch(&args.service).await?);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            changes = instances.next_change() => {
-                let Some(changes) = changes else { break };
+            item = instances.next() => {
+                let changes = match item {
+                    None => break,
+                    Some(Ok(changes)) => changes,
+                    Some(Err(stale)) => {
+                        println!("stale: {stale}");
+                        continue;
+                    }
+                };
                 for change in changes {
                     match change {
                         InstanceChange::Added { instance, revision } => {

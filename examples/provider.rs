@@ -71,6 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     RegistrationStatus::Reregistering { attempt, reason } => {
                         println!("registration lost ({reason}); retry {attempt}");
                     }
+                    RegistrationStatus::Replaced { revision } => {
+                        println!("replaced by a newer registration of {} (revision {revision}); no longer writing", args.id);
+                    }
                     RegistrationStatus::Stopped => println!("registration stopped"),
                 }
             }

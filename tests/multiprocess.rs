@@ -3,70 +3,15 @@
 //! killed with SIGKILL (no deregistration); the gateway must stop sending it traffic
 //! within TTL + 1 s.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod processes;
+
 use std::time::{Duration, Instant};
 
 use kvstore_examples::client::HttpClient;
 use kvstore_testsuite::server::{EtcdServer, RedisServer, free_port};
+use processes::{STEP_TIMEOUT, crash, start};
 
 const TTL_SECS: u64 = 2;
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An example binary built by `cargo test` next to this test's binary.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let target = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = target.join("examples").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (scripts/test), which builds the examples",
-        path.display()
-    );
-    path
-}
-
-/// A child process killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start an example and wait for the stdout line starting with `ready`.
-fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
-    let mut child = Command::new(example(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let running = Running(child);
-    let (lines, first) = std::sync::mpsc::channel();
-    let marker = ready.to_owned();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("  | {line}");
-            if !sent && line.starts_with(&marker) {
-                let _ = lines.send(line);
-                sent = true;
-            }
-        }
-    });
-    let line = first
-        .recv_timeout(STEP_TIMEOUT)
-        .unwrap_or_else(|_| panic!("{name} did not print {ready:?} within {STEP_TIMEOUT:?}"));
-    (running, line)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_etcd_the_gateway_stops_routing_to_a_killed_provider_within_ttl_plus_one_second() {
@@ -121,12 +66,7 @@ async fn gateway_stops_routing_to_a_killed_provider(store: &str) {
         }
     }
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(doomed.0.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = doomed.0.wait();
+    crash(&mut doomed);
     let killed_at = Instant::now();
     let bound = Duration::from_secs(TTL_SECS + 1);
 

@@ -43,7 +43,9 @@ pub async fn run(
                 .watch(&service)
                 .await
                 .context(|| format!("svc watch {service}"))?;
-            print_instances(&set.instances(), format);
+            let current: Vec<Instance> =
+                set.instances().iter().map(|i| Instance::clone(i)).collect();
+            print_instances(&current, format);
             loop {
                 let changes = tokio::select! {
                     changes = set.next_change() => changes,

@@ -1,11 +1,13 @@
 //! Discovery: register → visible to a watching consumer; resolve with 1,000 instances;
-//! memory used by 1,000 live registrations and 1,000 watchers.
+//! memory used by 1,000 live registrations and 1,000 watchers; fan-out of one
+//! registration to 1,000 watchers of a 1,000-instance service. The watchers come from
+//! one `Discovery`, so they share one backend watch and one decoded instance set.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore::Store;
-use kvstore_discovery::{Discovery, Instance, InstanceChange, Registrar};
+use kvstore_discovery::{Discovery, Instance, InstanceChange, Registrar, Registration};
 
 use crate::measure::{Latency, latency};
 
@@ -52,19 +54,7 @@ fn held() -> f64 {
 /// registrations, MiB for the watchers).
 pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) {
     let before = held();
-    let registrar = Registrar::new(store.clone());
-    let mut registrations = Vec::with_capacity(count);
-    for i in 0..count {
-        registrations.push(
-            registrar
-                .register(
-                    Instance::new("scale", format!("i{i:04}"), "127.0.0.1:1"),
-                    TTL,
-                )
-                .await
-                .expect("register"),
-        );
-    }
+    let registrations = register_many(store, "scale", count).await;
     let registered = held();
     let discovery = Discovery::new(store.clone());
     let mut times = Vec::new();
@@ -90,4 +80,63 @@ pub async fn scale(store: &Arc<dyn Store>, count: usize) -> (Latency, f64, f64) 
         mib(registered - before),
         mib(watching - registered),
     )
+}
+
+/// Register `count` instances of `service`.
+async fn register_many(store: &Arc<dyn Store>, service: &str, count: usize) -> Vec<Registration> {
+    let registrar = Registrar::new(store.clone());
+    let mut registrations = Vec::with_capacity(count);
+    for i in 0..count {
+        registrations.push(
+            registrar
+                .register(
+                    Instance::new(service, format!("i{i:04}"), "127.0.0.1:1"),
+                    TTL,
+                )
+                .await
+                .expect("register"),
+        );
+    }
+    registrations
+}
+
+/// `watchers` consumers of a service with `instances` instances (one `Discovery`);
+/// the time from starting one more registration until the last consumer has it.
+pub async fn fan_out(store: &Arc<dyn Store>, instances: usize, watchers: usize) -> Duration {
+    let registrations = register_many(store, "fan", instances).await;
+    let discovery = Discovery::new(store.clone());
+    let mut sets = Vec::with_capacity(watchers);
+    for _ in 0..watchers {
+        sets.push(discovery.watch("fan").await.expect("watch"));
+    }
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for mut set in sets {
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Some(changes) = set.next_change().await {
+                let arrived = changes.iter().any(|c| {
+                    matches!(c, InstanceChange::Added { instance, .. } if instance.id == "newcomer")
+                });
+                if arrived {
+                    let _ = done.send(Instant::now());
+                    return;
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    let newcomer = Registrar::new(store.clone())
+        .register(Instance::new("fan", "newcomer", "127.0.0.1:1"), TTL)
+        .await
+        .expect("register");
+    let mut last = started;
+    for _ in 0..watchers {
+        last = last.max(finished.recv().await.expect("every watcher reports"));
+    }
+    newcomer.abandon();
+    for registration in registrations {
+        registration.abandon();
+    }
+    store.delete_tree("services/fan").await.expect("cleanup");
+    last - started
 }

@@ -7,15 +7,21 @@ use kvstore_core::{Error, Key, Result};
 use serde::{Deserialize, Serialize};
 
 /// The version of the JSON record this crate writes. Readers accept this version and
-/// ignore fields they do not know, so later versions can add fields.
+/// ignore fields they do not know, so later releases can add fields without a new
+/// version; a record of another version does not decode, and readers drop it from their
+/// views with a warning (docs/CONTRACT.md §9).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The prefix, under the store's namespace, of every registration:
 /// `services/{service}/{id}`.
 pub const SERVICES_PREFIX: &str = "services";
 
-/// Whether an instance takes new traffic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Whether an instance takes new traffic. Ordered from best to worst, so the worse of
+/// two statuses is their `max` (a drained instance that fails its health check is
+/// `Down`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Serving: balancers pick it.
@@ -23,6 +29,9 @@ pub enum Status {
     Up,
     /// Finishing work before leaving: still listed, but balancers skip it.
     Draining,
+    /// Alive but failing its health check ([`crate::Registration::check_health`]):
+    /// still listed, but balancers skip it until it is `Up` again.
+    Down,
 }
 
 /// One endpoint of a service, as registered (go-micro's `Node`, etcd's
@@ -49,7 +58,7 @@ pub struct Instance {
     /// Availability zone, if the deployment has them.
     #[serde(default)]
     pub zone: Option<String>,
-    /// `Up` or `Draining`.
+    /// `Up`, `Draining` or `Down`.
     #[serde(default)]
     pub status: Status,
     /// When it registered, in milliseconds since the Unix epoch.
@@ -183,6 +192,19 @@ mod tests {
         instance.status = Status::Draining;
         let back = Instance::from_json(&instance.to_json().unwrap()).unwrap();
         assert_eq!(back, instance);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut record: serde_json::Value = serde_json::from_slice(
+            &Instance::new("api", "api-1", "10.0.0.1:8080")
+                .to_json()
+                .unwrap(),
+        )
+        .unwrap();
+        record["added_in_a_later_release"] = serde_json::json!({"nested": [1, 2]});
+        let back = Instance::from_json(record.to_string().as_bytes()).unwrap();
+        assert_eq!(back.id, "api-1");
     }
 
     #[test]

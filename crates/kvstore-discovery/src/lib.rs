@@ -5,6 +5,23 @@
 //! which store is underneath (docs/CONTRACT.md §9). Records are JSON at
 //! `{namespace}/services/{service}/{id}`.
 //!
+//! - [`Registrar`] / [`Registration`]: a leased record that heals itself (re-registers
+//!   forever after a lost lease, writes back a deleted record), with one writer per id
+//!   (an older registration of the same id reports [`RegistrationStatus::Replaced`] and
+//!   stops writing), draining, and an application health hook
+//!   ([`Registration::check_health`]: `Up` / `Draining` / `Down`).
+//! - [`Discovery`] / [`InstanceSet`]: the live set of a service as a [`futures::Stream`]
+//!   of [`InstanceChange`] batches. All sets of one service share one backend watch and
+//!   one decoded set of `Arc<Instance>`. [`InstanceSet::health`] says `Synced` or
+//!   `Stale { since, error }`; protection (Nacos's protect threshold and empty-push
+//!   protection) keeps serving the last known set when the registry loses data; an
+//!   optional cache directory lets a consumer start while the registry is down
+//!   ([`DiscoveryOptions`]).
+//! - Balancers over [`InstanceSet::instances`]: [`RoundRobin`], [`Random`],
+//!   [`WeightedRandom`], [`ZonePreferring`]; with feature `tower`,
+//!   [`InstanceSet::into_discover`] feeds tower's `p2c::Balance`; with feature `tonic`,
+//!   [`InstanceSet::into_balance_channel`] makes a balanced gRPC channel.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> kvstore_core::Result<()> {
@@ -21,6 +38,7 @@
 //! let changes = echo.next_change().await.unwrap();
 //! assert!(matches!(&changes[0], InstanceChange::Added { instance, .. } if instance.id == "echo-1"));
 //! assert_eq!(RoundRobin::default().pick(&echo.instances()).unwrap().address, "127.0.0.1:9001");
+//! assert!(echo.health().is_synced());
 //!
 //! registration.abandon(); // crash: no deregistration, no heartbeat
 //! let changes = echo.next_change().await.unwrap(); // within the 10 s TTL
@@ -30,16 +48,32 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tonic")]
+mod balance_channel;
 mod balancer;
+mod cache;
+#[cfg(feature = "tower")]
+mod discover;
 mod discovery;
+mod follower;
+mod health;
 mod instance;
+mod record;
 mod registrar;
+mod set;
 
-pub use balancer::{Balancer, Random, RoundRobin, WeightedRandom};
-pub use discovery::{Discovery, InstanceChange, InstanceReader, InstanceSet};
+#[cfg(feature = "tonic")]
+pub use balance_channel::{BALANCE_CHANNEL_CAPACITY, BalanceFeed, http_endpoint};
+pub use balancer::{Balancer, Random, RoundRobin, WeightedRandom, ZonePreferring};
+pub use cache::CACHE_WRITE_INTERVAL;
+#[cfg(feature = "tower")]
+pub use discover::ServiceDiscover;
+pub use discovery::{DEFAULT_PROBE_INTERVAL, Discovery, DiscoveryOptions};
+pub use health::{Health, StaleError};
 pub use instance::{
     Instance, SCHEMA_VERSION, SERVICES_PREFIX, Status, instance_key, service_prefix,
 };
 pub use registrar::{
     RETRY_MAX_DELAY, RETRY_MIN_DELAY, Registrar, Registration, RegistrationStatus,
 };
+pub use set::{InstanceChange, InstanceReader, InstanceSet};

@@ -1,26 +1,40 @@
 //! [`Registrar`]: a provider registers itself under a lease and stays registered.
 //!
 //! [`Registrar::register`] writes the instance record at `services/{service}/{id}` on a
-//! lease kept alive in the background. A background task then guards the registration:
+//! lease kept alive in the background. A background task, owned by the returned
+//! [`Registration`], then guards the registration (docs/CONTRACT.md §9):
 //!
 //! - if the lease is lost (expired during an outage, revoked by someone), it registers
 //!   again on a new lease, retrying **forever** with jittered exponential backoff;
-//! - if the key is deleted or overwritten by someone else, it writes it back;
-//! - [`Registration::drain`] flips the status to `Draining`, [`Registration::deregister`]
-//!   removes the record now, and dropping the [`Registration`] deregisters too.
+//! - if the record is deleted, or overwritten by something that is not a registration,
+//!   it writes it back;
+//! - **one id, one writer**: if a *newer* registration of the same id took the record (a
+//!   restarted pod reusing its id while the old process still runs), this one reports
+//!   [`RegistrationStatus::Replaced`], releases its lease and stops writing, so the two
+//!   never rewrite each other in a loop. Each registration stores a random token and
+//!   the revision of its first write in its record (`"registration": {"token": ...,
+//!   "since": ...}`, ignored by readers); the newer one is the one whose first write has
+//!   the higher revision, the token breaking ties, so no clocks need to agree. A
+//!   registration coming back after losing its lease keeps its claim;
+//! - [`Registration::drain`] and [`Registration::set_status`] change the advertised
+//!   status, [`Registration::check_health`] lets an application check flip it between
+//!   `Up`, `Draining` and `Down`; [`Registration::deregister`] removes the record now,
+//!   and dropping the [`Registration`] deregisters too.
 //!
 //! Every state change is visible through [`Registration::status`] /
 //! [`Registration::status_changes`] and logged with `tracing`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use kvstore_core::{Error, Key, Lease, LeaseId, PutOptions, Result, Store};
+use kvstore_core::{Error, Key, KvPair, Lease, LeaseId, PutOptions, Result, Store};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::instance::{Instance, Status};
+use crate::record::{self, Claim};
 
 /// First delay before registering again after a failure.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
@@ -45,12 +59,22 @@ pub enum RegistrationStatus {
         /// Why the last attempt (or the registration) failed.
         reason: String,
     },
+    /// A newer registration of the same `service/id` owns the record (written at
+    /// `revision`): this one released its lease and stopped writing, for good. Dropping
+    /// or deregistering it leaves the newer record alone.
+    Replaced {
+        /// The revision of the newer registration's record when this one gave way.
+        revision: u64,
+    },
     /// Deregistered, abandoned, or the store was closed: nothing more will happen.
     Stopped,
 }
 
 enum Command {
-    Drain(oneshot::Sender<Result<()>>),
+    /// Set the status the application asked for ([`Registration::set_status`]).
+    SetStatus(Status, oneshot::Sender<Result<()>>),
+    /// The health check's latest verdict.
+    Health(Status),
     Deregister(oneshot::Sender<Result<()>>),
     Abandon,
 }
@@ -68,8 +92,9 @@ impl Registrar {
     }
 
     /// Register `instance` with a lease of `ttl` and keep it registered until the
-    /// returned [`Registration`] is deregistered or dropped. A crashed provider's record
-    /// disappears within `ttl` (plus the backend's expiry granularity).
+    /// returned [`Registration`] is deregistered, dropped, or replaced by a newer
+    /// registration of the same id. A crashed provider's record disappears within `ttl`
+    /// (plus the backend's expiry granularity).
     ///
     /// # Errors
     /// `InvalidKey`/`InvalidArgument` for a bad record or zero TTL, and the store's errors
@@ -83,23 +108,33 @@ impl Registrar {
             ));
         }
         let key = instance.key()?;
-        let (lease, revision) =
-            write_on_new_lease(self.store.as_ref(), &key, &instance, ttl).await?;
+        let mut claim = Claim::new();
+        let (lease, pair) =
+            write_on_new_lease(self.store.as_ref(), &key, &instance, &claim, ttl).await?;
+        // The first write has no `since`: its own revision is the claim from now on.
+        claim.since = Some(pair.revision);
         let (status_tx, status) = watch::channel(RegistrationStatus::Registered {
             lease: lease.id(),
-            revision,
+            revision: pair.revision,
         });
         let (commands, inbox) = mpsc::unbounded_channel();
         let guard = Guard {
             store: self.store.clone(),
             key,
+            wanted: instance.status,
+            health: Status::Up,
             instance,
+            claim,
             ttl,
             status: status_tx,
             inbox,
         };
-        tokio::spawn(guard.run(lease));
-        Ok(Registration { commands, status })
+        Ok(Registration {
+            commands,
+            status,
+            health_check: None,
+            _guard: AbortOnDropHandle::new(tokio::spawn(guard.run(lease))),
+        })
     }
 }
 
@@ -107,23 +142,30 @@ async fn write_on_new_lease(
     store: &dyn Store,
     key: &Key,
     instance: &Instance,
+    claim: &Claim,
     ttl: Duration,
-) -> Result<(Lease, u64)> {
+) -> Result<(Lease, KvPair)> {
     let lease = store.grant_lease(ttl).await?;
     let pair = store
         .put(
             key.as_str(),
-            Bytes::from(instance.to_json()?),
+            record::encode(instance, claim)?,
             PutOptions::with_lease(lease.id()),
         )
         .await?;
-    Ok((lease, pair.revision))
+    Ok((lease, pair))
 }
 
-/// A live registration. Dropping it deregisters the instance.
+/// A live registration. Dropping it stops its background tasks and deregisters the
+/// instance: the lease is revoked, which deletes the record (unless the registration
+/// was [`RegistrationStatus::Replaced`]: the record then belongs to the newer
+/// registration and stays).
 pub struct Registration {
     commands: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<RegistrationStatus>,
+    health_check: Option<AbortOnDropHandle<()>>,
+    /// Aborting the guard drops its lease, and dropping a lease revokes it.
+    _guard: AbortOnDropHandle<()>,
 }
 
 impl Registration {
@@ -137,31 +179,113 @@ impl Registration {
         self.status.clone()
     }
 
-    /// Mark the instance `Draining`: it stays listed but balancers stop picking it.
+    /// Mark the instance `Draining`: it stays listed but balancers stop picking it. A
+    /// health check cannot make it `Up` again (it can make it `Down`); only
+    /// [`Registration::set_status`] can.
     ///
     /// # Errors
     /// The store's error if the record could not be rewritten; `Closed` if the
-    /// registration has stopped.
+    /// registration has stopped (deregistered, replaced, or the store closed).
     pub async fn drain(&self) -> Result<()> {
-        self.ask(Command::Drain).await
+        self.set_status(Status::Draining).await
     }
 
-    /// Remove the record now and stop.
+    /// Advertise `status`, as the application decides it (e.g. `Up` again after a
+    /// `drain`). The advertised status is the worse of this and the health check's
+    /// verdict ([`Registration::check_health`]). Written now if registered, otherwise
+    /// with the next registration.
+    ///
+    /// # Errors
+    /// The store's error if the record could not be rewritten; `Closed` if the
+    /// registration has stopped (deregistered, replaced, or the store closed).
+    pub async fn set_status(&self, status: Status) -> Result<()> {
+        self.ask(|reply| Command::SetStatus(status, reply)).await
+    }
+
+    /// Run the application's health `check` every `every` and advertise what it says:
+    /// `Up`, `Draining` or `Down` (consumers' balancers pick only `Up`). A check that
+    /// does not answer within `every` counts as `Down`. The record is rewritten only
+    /// when the verdict changes. The check runs in a task owned by this registration:
+    /// it stops when the registration is dropped, deregistered or abandoned, and a new
+    /// call replaces the previous check.
+    ///
+    /// The advertised status is the worse of the check's verdict and the status set by
+    /// [`Registration::drain`] / [`Registration::set_status`], so a drained instance
+    /// stays drained while healthy, and shows `Down` while failing.
+    ///
+    /// # Panics
+    /// If `every` is zero (as [`tokio::time::interval`]).
+    pub fn check_health<F, Fut>(&mut self, every: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Status> + Send + 'static,
+    {
+        let commands = self.commands.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = None;
+            loop {
+                ticks.tick().await;
+                let verdict = tokio::time::timeout(every, check())
+                    .await
+                    .unwrap_or(Status::Down);
+                if last != Some(verdict) {
+                    last = Some(verdict);
+                    if commands.send(Command::Health(verdict)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.health_check = Some(AbortOnDropHandle::new(task));
+    }
+
+    /// Remove the record now and stop. A replaced or stopped registration has nothing
+    /// to remove and returns `Ok`.
     ///
     /// # Errors
     /// The store's error if the lease could not be revoked (the record then expires
     /// after its TTL).
-    pub async fn deregister(self) -> Result<()> {
-        self.ask(Command::Deregister).await
+    pub async fn deregister(mut self) -> Result<()> {
+        self.health_check = None;
+        if matches!(
+            self.status(),
+            RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
+        ) {
+            return Ok(());
+        }
+        match self.ask(Command::Deregister).await {
+            // The guard ended meanwhile (replaced, or the store closed): nothing of ours
+            // is left to remove.
+            Err(Error::Closed { .. })
+                if matches!(
+                    self.status(),
+                    RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Stop heartbeating without deregistering, as if the provider had crashed: the
     /// record expires after its TTL. For fault tests and demos.
     pub fn abandon(self) {
-        let _ = self.commands.send(Command::Abandon);
+        let Registration {
+            commands, _guard, ..
+        } = self;
+        let _ = commands.send(Command::Abandon);
+        // The guard must get to abandon its lease, not be aborted (which would revoke
+        // it); it ends as soon as it has.
+        drop(_guard.detach());
     }
 
-    async fn ask(&self, command: fn(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command,
+    ) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Error::Closed {
             backend: "discovery",
@@ -175,7 +299,13 @@ impl Registration {
 struct Guard {
     store: Arc<dyn Store>,
     key: Key,
+    /// What is advertised: `instance.status` is the worse of `wanted` and `health`.
     instance: Instance,
+    /// The status the application set (drain, set_status).
+    wanted: Status,
+    /// The health check's last verdict (`Up` without a check).
+    health: Status,
+    claim: Claim,
     ttl: Duration,
     status: watch::Sender<RegistrationStatus>,
     inbox: mpsc::UnboundedReceiver<Command>,
@@ -189,14 +319,26 @@ enum Outcome {
     Deregister(Option<oneshot::Sender<Result<()>>>),
     /// Stop heartbeating and leave the record to expire.
     Abandon,
+    /// A newer registration of this id owns the record (at this revision).
+    Replaced(u64),
     /// The store was closed.
     Closed,
+}
+
+/// What the current record means for this registration.
+enum Verdict {
+    /// Ours, as we wrote it.
+    Intact,
+    /// Gone or not ours: write ours back.
+    WriteBack(&'static str),
+    /// A newer registration of this id wrote it.
+    Replaced(u64),
 }
 
 impl Guard {
     async fn run(mut self, first: Lease) {
         let mut lease = first;
-        loop {
+        let end = loop {
             let reason = match self.guard(&lease).await {
                 Outcome::Lost(reason) => reason,
                 Outcome::Deregister(reply) => {
@@ -207,21 +349,29 @@ impl Guard {
                     if let Some(reply) = reply {
                         let _ = reply.send(revoked);
                     }
-                    break;
+                    break RegistrationStatus::Stopped;
                 }
                 Outcome::Abandon => {
                     lease.abandon();
-                    break;
+                    break RegistrationStatus::Stopped;
                 }
-                Outcome::Closed => break,
+                Outcome::Replaced(revision) => {
+                    tracing::warn!(key = %self.key, revision, "a newer registration of this id took over; this one stops writing");
+                    // The newer record is on the newer lease: ours holds nothing now.
+                    if let Err(e) = lease.revoke().await {
+                        tracing::debug!(key = %self.key, error = %e, "releasing the replaced lease failed; it expires after its TTL");
+                    }
+                    break RegistrationStatus::Replaced { revision };
+                }
+                Outcome::Closed => break RegistrationStatus::Stopped,
             };
             tracing::warn!(key = %self.key, %reason, "registration lost; registering again");
             match self.reregister(reason).await {
                 Some(new_lease) => lease = new_lease,
-                None => break,
+                None => break RegistrationStatus::Stopped,
             }
-        }
-        self.status.send_replace(RegistrationStatus::Stopped);
+        };
+        self.status.send_replace(end);
     }
 
     /// Keep the record in place while `lease` lives.
@@ -237,23 +387,27 @@ impl Guard {
                 state = own.next() => match state {
                     None => return Outcome::Closed,
                     Some(Err(e)) => tracing::warn!(key = %self.key, error = %e, "watch of own record failed"),
-                    Some(Ok(current)) => {
-                        let intact = current.as_ref().is_some_and(|pair| {
-                            pair.lease == Some(lease.id())
-                                && Instance::from_json(&pair.value).is_ok_and(|i| i == self.instance)
-                        });
-                        if !intact {
-                            tracing::warn!(key = %self.key, "record deleted or overwritten by someone else; writing it back");
+                    Some(Ok(current)) => match self.judge(current.as_ref(), lease) {
+                        Verdict::Intact => {}
+                        Verdict::Replaced(revision) => return Outcome::Replaced(revision),
+                        Verdict::WriteBack(why) => {
+                            tracing::warn!(key = %self.key, why, "writing the record back");
                             if let Err(e) = self.write(lease).await {
                                 return Outcome::Lost(format!("cannot write the record back: {e}"));
                             }
                         }
-                    }
+                    },
                 },
                 command = self.inbox.recv() => match command {
-                    Some(Command::Drain(reply)) => {
-                        self.instance.status = Status::Draining;
-                        let _ = reply.send(self.write(lease).await);
+                    Some(Command::SetStatus(status, reply)) => {
+                        self.wanted = status;
+                        let _ = reply.send(self.advertise(Some(lease)).await);
+                    }
+                    Some(Command::Health(verdict)) => {
+                        self.health = verdict;
+                        if let Err(e) = self.advertise(Some(lease)).await {
+                            tracing::warn!(key = %self.key, error = %e, "could not advertise the health check's verdict");
+                        }
                     }
                     Some(Command::Deregister(reply)) => return Outcome::Deregister(Some(reply)),
                     Some(Command::Abandon) => return Outcome::Abandon,
@@ -263,12 +417,49 @@ impl Guard {
         }
     }
 
+    fn judge(&self, current: Option<&KvPair>, lease: &Lease) -> Verdict {
+        let Some(pair) = current else {
+            return Verdict::WriteBack("deleted by someone else");
+        };
+        match Claim::read(&pair.value) {
+            Some(theirs) if theirs.token == self.claim.token => {
+                let as_written = pair.lease == Some(lease.id())
+                    && Instance::from_json(&pair.value).is_ok_and(|i| i == self.instance);
+                if as_written {
+                    Verdict::Intact
+                } else {
+                    Verdict::WriteBack("an earlier write of ours came back")
+                }
+            }
+            Some(theirs) if theirs.rank(pair) > self.claim.rank(pair) => {
+                Verdict::Replaced(pair.revision)
+            }
+            Some(_) => Verdict::WriteBack("an older registration of this id overwrote it"),
+            None => Verdict::WriteBack("overwritten by something that is not a registration"),
+        }
+    }
+
+    /// Apply `wanted` and `health` to the record, writing it if it changed and a lease
+    /// is held (otherwise the next registration writes it).
+    async fn advertise(&mut self, lease: Option<&Lease>) -> Result<()> {
+        let status = self.wanted.max(self.health);
+        if status == self.instance.status {
+            return Ok(());
+        }
+        tracing::info!(key = %self.key, ?status, "advertising a new status");
+        self.instance.status = status;
+        match lease {
+            Some(lease) => self.write(lease).await,
+            None => Ok(()),
+        }
+    }
+
     async fn write(&self, lease: &Lease) -> Result<()> {
         let pair = self
             .store
             .put(
                 self.key.as_str(),
-                Bytes::from(self.instance.to_json()?),
+                record::encode(&self.instance, &self.claim)?,
                 PutOptions::with_lease(lease.id()),
             )
             .await?;
@@ -280,6 +471,8 @@ impl Guard {
     }
 
     /// Register on a new lease, retrying forever; `None` when told to stop meanwhile.
+    /// The claim stays the same: a registration that comes back after an outage is not
+    /// newer than one that started meanwhile.
     async fn reregister(&mut self, reason: String) -> Option<Lease> {
         let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
         let mut attempt = 0;
@@ -289,13 +482,20 @@ impl Guard {
                 attempt,
                 reason: reason.clone(),
             });
-            match write_on_new_lease(self.store.as_ref(), &self.key, &self.instance, self.ttl).await
+            match write_on_new_lease(
+                self.store.as_ref(),
+                &self.key,
+                &self.instance,
+                &self.claim,
+                self.ttl,
+            )
+            .await
             {
-                Ok((lease, revision)) => {
+                Ok((lease, pair)) => {
                     tracing::info!(key = %self.key, lease = %lease.id(), "registered again");
                     self.status.send_replace(RegistrationStatus::Registered {
                         lease: lease.id(),
-                        revision,
+                        revision: pair.revision,
                     });
                     return Some(lease);
                 }
@@ -307,19 +507,27 @@ impl Guard {
                 }
             }
             let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                command = self.inbox.recv() => match command {
-                    Some(Command::Drain(reply)) => {
-                        self.instance.status = Status::Draining;
-                        let _ = reply.send(Ok(()));
-                    }
-                    Some(Command::Deregister(reply)) => {
-                        let _ = reply.send(Ok(()));
-                        return None;
-                    }
-                    Some(Command::Abandon) | None => return None,
-                },
+            let wake = tokio::time::sleep(delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => break,
+                    command = self.inbox.recv() => match command {
+                        Some(Command::SetStatus(status, reply)) => {
+                            self.wanted = status;
+                            let _ = reply.send(self.advertise(None).await);
+                        }
+                        Some(Command::Health(verdict)) => {
+                            self.health = verdict;
+                            let _ = self.advertise(None).await;
+                        }
+                        Some(Command::Deregister(reply)) => {
+                            let _ = reply.send(Ok(()));
+                            return None;
+                        }
+                        Some(Command::Abandon) | None => return None,
+                    },
+                }
             }
         }
     }

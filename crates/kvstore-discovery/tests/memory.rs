@@ -101,6 +101,63 @@ async fn resync_becomes_a_diff_against_what_the_consumer_had() {
             ("updated", "changes")
         ]
     );
-    let ids: Vec<String> = set.instances().into_iter().map(|i| i.id).collect();
+    let ids: Vec<String> = set.instances().iter().map(|i| i.id.clone()).collect();
     assert_eq!(ids, ["arrives", "changes", "stays"]);
+}
+
+/// tower's power-of-two-choices balancer over `into_discover`: calls reach every `Up`
+/// instance, and none reach one that drains.
+#[cfg(feature = "tower")]
+#[tokio::test(start_paused = true)]
+async fn tower_p2c_balances_over_the_up_instances() {
+    use std::collections::BTreeSet;
+    use std::convert::Infallible;
+
+    use kvstore_discovery::{Registrar, Status};
+    use tower::balance::p2c::Balance;
+    use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+    use tower::{Service, ServiceExt};
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let registrar = Registrar::new(store.clone());
+    let ttl = Duration::from_secs(10);
+    let a = registrar
+        .register(Instance::new("api", "a", "127.0.0.1:9001"), ttl)
+        .await
+        .unwrap();
+    let _b = registrar
+        .register(Instance::new("api", "b", "127.0.0.1:9002"), ttl)
+        .await
+        .unwrap();
+    let set = Discovery::new(store.clone()).watch("api").await.unwrap();
+    let reader = set.reader();
+    let discover = set.into_discover(|instance| {
+        let id = instance.id.clone();
+        Some(tower::service_fn(move |()| {
+            let id = id.clone();
+            async move { Ok::<_, Infallible>(id) }
+        }))
+    });
+    let mut balance = Balance::new(PendingRequestsDiscover::new(
+        discover,
+        CompleteOnResponse::default(),
+    ));
+    let mut served = BTreeSet::new();
+    for _ in 0..64 {
+        served.insert(balance.ready().await.unwrap().call(()).await.unwrap());
+    }
+    assert_eq!(served, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+
+    a.drain().await.unwrap();
+    let deadline = tokio::time::Instant::now() + kvstore_testsuite::WAIT;
+    while reader.instances()[0].status != Status::Draining {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never showed draining"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..32 {
+        assert_eq!(balance.ready().await.unwrap().call(()).await.unwrap(), "b");
+    }
 }

@@ -1,0 +1,76 @@
+//! Example programs as child processes, for the cross-process tests: find the example
+//! binaries `cargo test` built, start them, and wait for the line that says they are
+//! ready.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long a process may take to say it is ready.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An example binary built by `cargo test` next to this test's binary.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let target = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = target.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed on drop.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start an example and wait for the stdout line starting with `ready`.
+pub fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let running = Running(child);
+    let (lines, first) = std::sync::mpsc::channel();
+    let marker = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("  | {line}");
+            if !sent && line.starts_with(&marker) {
+                let _ = lines.send(line);
+                sent = true;
+            }
+        }
+    });
+    let line = first
+        .recv_timeout(STEP_TIMEOUT)
+        .unwrap_or_else(|_| panic!("{name} did not print {ready:?} within {STEP_TIMEOUT:?}"));
+    (running, line)
+}
+
+/// Kill `process` with SIGKILL, as a crash would, and reap it.
+pub fn crash(process: &mut Running) {
+    let pid = i32::try_from(process.0.id()).expect("a pid fits in i32");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    let _ = process.0.wait();
+}

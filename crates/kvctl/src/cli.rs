@@ -23,9 +23,10 @@ pub const DEFAULT_STORE: &str = "etcd://127.0.0.1:2379";
 /// Options every command takes.
 #[derive(Args)]
 pub struct Global {
-    /// Store URL: etcd://[user:password@]host:port[,host:port...][/namespace] or
-    /// redis[s]://[user:password@]host:port[/db]; by default etcd on this machine, as
-    /// etcdctl. memory:// is refused: each kvctl command is its own process, so its keys
+    /// Store URL: etcd://[user:password@]host:port[,host:port...][/namespace],
+    /// redis[s]://[user:password@]host:port[/db], redis+cluster://h1:p1,h2:p2,
+    /// redis+sentinel://h:p/master or zookeeper://h1:2181[,h2:2181][/namespace]; by
+    /// default etcd on this machine, as etcdctl. memory:// is refused: each kvctl command is its own process, so its keys
     /// would be lost when it exits.
     // The env value is hidden in --help: it may hold a password.
     #[arg(

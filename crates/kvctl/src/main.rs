@@ -62,7 +62,7 @@ pub(crate) fn seconds(flag: &str, value: f64) -> Result<Duration, Failure> {
 /// What `memory://` is refused with.
 pub(crate) const MEMORY_REFUSED: &str = "memory:// keeps keys only inside one process: each \
     kvctl command would get a fresh empty store and its writes would be lost when it exits; \
-    use etcd:// or redis://";
+    use etcd://, redis:// or zookeeper://";
 
 /// Check every number and ID on the command line before connecting, so bad input is a
 /// usage error (exit 2) even when the store cannot be reached.

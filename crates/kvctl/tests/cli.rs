@@ -513,8 +513,8 @@ fn absurd_numbers_are_usage_errors_naming_the_flag_not_panics() {
 #[test]
 fn memory_store_is_refused_with_the_reason() {
     let explanation = "memory:// keeps keys only inside one process: each kvctl command would \
-        get a fresh empty store and its writes would be lost when it exits; use etcd:// or \
-        redis://";
+        get a fresh empty store and its writes would be lost when it exits; use etcd://, \
+        redis:// or zookeeper://";
     let flag = run(bare_kvctl().args(["--store", "memory://", "put", "a", "b"]));
     let env = run(bare_kvctl()
         .env("KVSTORE_URL", "memory://")

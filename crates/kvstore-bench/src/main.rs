@@ -6,6 +6,7 @@
 //! Run: `cargo run --release -p kvstore-bench` (a few minutes).
 
 mod allocator;
+mod coordination;
 mod discovery;
 mod kv;
 mod list;
@@ -65,6 +66,8 @@ struct Args {
 enum Only {
     /// Redis get and put throughput and latency, ours against both raw baselines.
     RedisKv,
+    /// The discovery rows (register → visible, resolve, heap, fan-out) on every backend.
+    Discovery,
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -144,6 +147,99 @@ async fn redis_kv(
     .await)
 }
 
+/// A row with no target, contract baseline or spread.
+fn plain_row(
+    backend: &'static str,
+    metric: String,
+    unit: &'static str,
+    ours: f64,
+    raw: Option<f64>,
+) -> Row {
+    Row {
+        backend,
+        metric,
+        unit,
+        ours,
+        raw,
+        target: Target::None,
+        contract: None,
+        spread: String::new(),
+    }
+}
+
+/// The client connections `redis` has now, other than the one asking.
+async fn redis_connections(redis: &RedisServer) -> Result<usize, Failure> {
+    let mut admin = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await?;
+    Ok(list.lines().count().saturating_sub(1))
+}
+
+/// The discovery rows on each backend: register → visible, resolve, heap of 1,000
+/// registrations and of 1,000 watchers (one `Discovery`, so one shared watch), fan-out.
+async fn discovery_rows(stores: &[(&'static str, Arc<dyn Store>)]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (backend, store) in stores {
+        let backend = *backend;
+        let visible = discovery::register_to_visible(store, 200).await;
+        latency_rows(
+            &mut rows,
+            backend,
+            "discovery: register → visible to a watcher",
+            visible,
+            None,
+            Target::None,
+        );
+        let (resolve, registrations_mib, watchers_mib) = discovery::scale(store, 1000).await;
+        rows.push(Row {
+            backend,
+            metric: "discovery: resolve with 1,000 instances, p50".into(),
+            unit: "µs",
+            ours: resolve.p50,
+            raw: None,
+            target: Target::None,
+            contract: None,
+            spread: String::new(),
+        });
+        rows.push(Row {
+            backend,
+            metric: "discovery: client heap held by 1,000 live registrations".into(),
+            unit: "MiB",
+            ours: registrations_mib,
+            raw: None,
+            target: Target::None,
+            contract: None,
+            spread: String::new(),
+        });
+        rows.push(Row {
+            backend,
+            metric: "discovery: client heap held by 1,000 watchers of that service".into(),
+            unit: "MiB",
+            ours: watchers_mib,
+            raw: None,
+            target: Target::Under(16.0),
+            contract: None,
+            spread: String::new(),
+        });
+        let fan_out = discovery::fan_out(store, 1000, 1000).await;
+        rows.push(Row {
+            backend,
+            metric: "discovery: fan-out of one registration to 1,000 watchers of a 1,000-instance service, last one has it".into(),
+            unit: "ms",
+            ours: millis(fan_out),
+            raw: None,
+            target: Target::Under(100.0),
+            contract: None,
+            spread: String::new(),
+        });
+    }
+    rows
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -163,6 +259,21 @@ async fn main() -> Result<(), Failure> {
         count: args.count,
         ..kv::Plan::default()
     };
+    if let Some(Only::Discovery) = args.only {
+        let etcd = EtcdServer::start()?;
+        let redis = RedisServer::start()?;
+        eprintln!("discovery ...");
+        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let rows = discovery_rows(&[
+            ("memory", memory),
+            ("etcd", etcd_store(&etcd, "bench").await?),
+            ("redis", redis_store(&redis, "bench").await?),
+        ])
+        .await;
+        println!("- Machine: {}\n", machine());
+        println!("{}", table(&rows));
+        return Ok(());
+    }
     if let Some(Only::RedisKv) = args.only {
         let redis = RedisServer::start()?;
         eprintln!(
@@ -317,52 +428,14 @@ async fn main() -> Result<(), Failure> {
     });
 
     eprintln!("discovery ...");
-    for (backend, store) in [
-        ("memory", memory_store.clone()),
-        ("etcd", etcd_ours.clone()),
-        ("redis", redis_ours.clone()),
-    ] {
-        let visible = discovery::register_to_visible(&store, 200).await;
-        latency_rows(
-            &mut rows,
-            backend,
-            "discovery: register → visible to a watcher",
-            visible,
-            None,
-            Target::None,
-        );
-        let (resolve, registrations_mib, watchers_mib) = discovery::scale(&store, 1000).await;
-        rows.push(Row {
-            backend,
-            metric: "discovery: resolve with 1,000 instances, p50".into(),
-            unit: "µs",
-            ours: resolve.p50,
-            raw: None,
-            target: Target::None,
-            contract: None,
-            spread: String::new(),
-        });
-        rows.push(Row {
-            backend,
-            metric: "discovery: client heap held by 1,000 live registrations".into(),
-            unit: "MiB",
-            ours: registrations_mib,
-            raw: None,
-            target: Target::None,
-            contract: None,
-            spread: String::new(),
-        });
-        rows.push(Row {
-            backend,
-            metric: "discovery: client heap held by 1,000 watchers of that service".into(),
-            unit: "MiB",
-            ours: watchers_mib,
-            raw: None,
-            target: Target::None,
-            contract: None,
-            spread: String::new(),
-        });
-    }
+    rows.extend(
+        discovery_rows(&[
+            ("memory", memory_store.clone()),
+            ("etcd", etcd_ours.clone()),
+            ("redis", redis_ours.clone()),
+        ])
+        .await,
+    );
 
     eprintln!("locks under contention ...");
     let lock_stores = vec![
@@ -399,6 +472,85 @@ async fn main() -> Result<(), Failure> {
         contract: None,
         spread: String::new(),
     });
+
+    eprintln!("transactions ...");
+    for in_flight in [1, 64] {
+        let (ours_txn, raw_txn) = coordination::txn_vs_raw_etcd(
+            &etcd_store(&etcd, "bench-txn").await?,
+            &etcd_raw,
+            "bench-txn",
+            in_flight,
+        )
+        .await;
+        rows.push(plain_row(
+            "etcd",
+            format!("txn (compare a value, put two keys), {in_flight} in flight"),
+            "ops/s",
+            ours_txn,
+            Some(raw_txn),
+        ));
+    }
+
+    eprintln!("election failover ...");
+    let failover_ttl = Duration::from_secs(2);
+    for (backend, leader, next) in [
+        (
+            "etcd",
+            etcd_store(&etcd, "bench-elect").await?,
+            etcd_store(&etcd, "bench-elect").await?,
+        ),
+        (
+            "redis",
+            redis_store(&redis, "bench-elect").await?,
+            redis_store(&redis, "bench-elect").await?,
+        ),
+    ] {
+        let ms = coordination::election_failover(&leader, &next, failover_ttl, 5).await;
+        rows.push(plain_row(
+            backend,
+            "election: leader dies (lease TTL 2 s) → next candidate leads, median of 5".into(),
+            "ms",
+            ms,
+            None,
+        ));
+    }
+
+    eprintln!("redis fan-out to 10,000 watchers of one store ...");
+    let fan_store = redis_store(&redis, "bench-fan").await?;
+    let fan_10k = watch::fan_out(std::slice::from_ref(&fan_store), 10_000).await;
+    let connections = redis_connections(&redis).await?;
+    rows.push(plain_row(
+        "redis",
+        format!(
+            "fan-out: 10,000 watchers of one store, one put, last one has it ({connections} server connections in all)"
+        ),
+        "ms",
+        millis(fan_10k),
+        None,
+    ));
+    drop(fan_store);
+
+    eprintln!("zookeeper get/put ...");
+    let zookeeper = kvstore_testsuite::zookeeper::ZooKeeperServer::start()?;
+    let zk_ours = kvstore::open(&format!("zookeeper://{}/bench", zookeeper.address())).await?;
+    let zk_raw = zookeeper_client::Client::connect(&zookeeper.address()).await?;
+    for in_flight in [1, 64] {
+        let (og, rg, op, rp) = coordination::zookeeper_vs_raw(&zk_ours, &zk_raw, in_flight).await;
+        rows.push(plain_row(
+            "zookeeper",
+            format!("get throughput, {in_flight} in flight"),
+            "ops/s",
+            og,
+            Some(rg),
+        ));
+        rows.push(plain_row(
+            "zookeeper",
+            format!("put throughput, {in_flight} in flight"),
+            "ops/s",
+            op,
+            Some(rp),
+        ));
+    }
 
     let report = render(&rows, &etcd, &redis);
     println!("{report}");

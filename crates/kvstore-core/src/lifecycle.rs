@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +78,37 @@ impl Lifecycle {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.shutdown.cancel();
+    }
+
+    /// Run `work` every `interval` (a lease reaper, a log trimmer) in a task owned by
+    /// this lifecycle: it stops when the store is closed, even mid-run, or when the last
+    /// handle is gone (the task holds no strong reference to the lifecycle). A tick that
+    /// falls behind is delayed, not bunched. `work` reports its own failures; the loop
+    /// goes on.
+    pub fn every<F, Fut>(self: &Arc<Self>, interval: Duration, mut work: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let alive = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = work() => {}
+                }
+            }
+        });
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<LeaseId>> {

@@ -1,6 +1,6 @@
 //! [`RedisStore`]: the contract's primitives as Lua scripts on Redis.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -103,15 +103,35 @@ impl RedisStore {
             feed: Arc::new(Feed::default()),
             lifecycle: Arc::new(Lifecycle::new()),
         };
-        let reaper = Reaper {
-            connection: store.connection.clone(),
-            scripts: store.scripts.clone(),
-            revision_key: store.revision_key.clone(),
-            config: store.config.clone(),
-            shutdown: store.lifecycle.shutdown().clone(),
-            alive: Arc::downgrade(&store.lifecycle),
-        };
-        tokio::spawn(reaper.run());
+        // Expire due leases even when nobody reads, so watchers see expiry in time.
+        let (connection, scripts, revision_key, config) = (
+            store.connection.clone(),
+            store.scripts.clone(),
+            store.revision_key.clone(),
+            store.config.clone(),
+        );
+        store.lifecycle.every(REAP_INTERVAL, move || {
+            let (connection, scripts, revision_key, config) = (
+                connection.clone(),
+                scripts.clone(),
+                revision_key.clone(),
+                config.clone(),
+            );
+            async move {
+                let reaped = run_script(
+                    &connection,
+                    &scripts.reap,
+                    &revision_key,
+                    &config,
+                    ("reap", Retry::Idempotent),
+                    &[],
+                )
+                .await;
+                if let Err(error) = reaped {
+                    tracing::debug!(%error, "lease reaper failed; retrying");
+                }
+            }
+        });
         Ok(store)
     }
 
@@ -455,46 +475,6 @@ async fn check_eviction_policy(
     }
     tracing::warn!("{message}");
     Ok(())
-}
-
-/// Expires due leases every [`REAP_INTERVAL`], so watchers see expiry even when nobody
-/// reads. It holds no strong reference to the handle's lifecycle: it ends when the
-/// store is closed or its last handle dropped.
-struct Reaper {
-    connection: Arc<Connection>,
-    scripts: Arc<Scripts>,
-    revision_key: Arc<str>,
-    config: Arc<RedisConfig>,
-    shutdown: CancellationToken,
-    alive: Weak<Lifecycle>,
-}
-
-impl Reaper {
-    async fn run(self) {
-        let mut ticks = tokio::time::interval(REAP_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            if self.alive.strong_count() == 0 {
-                return;
-            }
-            let reaped = run_script(
-                &self.connection,
-                &self.scripts.reap,
-                &self.revision_key,
-                &self.config,
-                ("reap", Retry::Idempotent),
-                &[],
-            )
-            .await;
-            if let Err(error) = reaped {
-                tracing::debug!(%error, "lease reaper failed; retrying");
-            }
-        }
-    }
 }
 
 fn condition_args(condition: Condition) -> (&'static str, String) {

@@ -6,7 +6,7 @@
 //! zxid, which is the operation's revision. A `multi` that fails on a version check was
 //! not applied at all, so a write that lost a race reads again and retries.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,15 +97,24 @@ impl ZooKeeperStore {
                 message: format!("the namespace's znodes could not be read within {timeout:?}"),
                 source: None,
             })??;
-        let reaper = Reaper {
-            store: ZooKeeperStore {
-                lifecycle: Arc::new(Lifecycle::new()),
-                ..store.clone()
-            },
-            shutdown: store.lifecycle.shutdown().clone(),
-            alive: Arc::downgrade(&store.lifecycle),
+        // Expire leases and trim the change log even when nobody writes. The reaper's
+        // handle has a lifecycle of its own, so it keeps none of the store's alive.
+        let reaper = ZooKeeperStore {
+            lifecycle: Arc::new(Lifecycle::new()),
+            ..store.clone()
         };
-        tokio::spawn(reaper.run());
+        store.lifecycle.every(REAP_INTERVAL, move || {
+            let reaper = reaper.clone();
+            async move {
+                let work = async {
+                    reaper.reap_leases().await?;
+                    reaper.trim_log(reaper.config.log_max_len).await
+                };
+                if let Err(error) = reaper.bounded("reap", work).await {
+                    tracing::debug!(%error, "zookeeper reaper failed; retrying");
+                }
+            }
+        });
         Ok(store)
     }
 
@@ -539,42 +548,6 @@ fn writer_len(
 /// A zxid as a revision (zxids of applied transactions are positive).
 pub(crate) fn revision(zxid: i64) -> u64 {
     u64::try_from(zxid).unwrap_or(0)
-}
-
-/// Expires due leases and trims the change log every [`REAP_INTERVAL`]. It holds no
-/// strong reference to the handle's lifecycle: it ends when the store is closed or its
-/// last handle dropped.
-struct Reaper {
-    store: ZooKeeperStore,
-    shutdown: CancellationToken,
-    alive: Weak<Lifecycle>,
-}
-
-impl Reaper {
-    async fn run(self) {
-        let mut ticks = tokio::time::interval(REAP_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            if self.alive.strong_count() == 0 {
-                return;
-            }
-            let work = async {
-                self.store.reap_leases().await?;
-                self.store.trim_log(self.store.config.log_max_len).await
-            };
-            let outcome = tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                outcome = self.store.bounded("reap", work) => outcome,
-            };
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "zookeeper reaper failed; retrying");
-            }
-        }
-    }
 }
 
 #[async_trait]

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use kvstore::{OpenOptions, Store, redact_url};
+use kvstore::redact_url;
+use kvstore::{OpenOptions, Store};
 
 use crate::cli::{Cli, Command, Global, LeaseCommand, ServiceCommand};
 use crate::exit::{Context, Failure, usage};

@@ -101,11 +101,6 @@ impl Key {
     pub fn join(&self, child: &str) -> Result<Key> {
         Key::new(&format!("{}/{}", self.0, Key::new(child)?.0))
     }
-
-    /// This key seen as a prefix: the keys strictly below it.
-    pub fn as_prefix(&self) -> Prefix {
-        Prefix(self.0.clone())
-    }
 }
 
 impl Prefix {
@@ -125,11 +120,6 @@ impl Prefix {
     /// The normalised prefix ("" for the whole store).
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// Whether this is the empty prefix (the whole store).
-    pub fn is_root(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// Whether the normalised key `key` lies strictly below this prefix: `svc` contains

@@ -6,7 +6,8 @@
 //!
 //! - [`Store`]: what users call, held as `Arc<dyn Store>` (libkv's full surface plus
 //!   leases and an event-level watch);
-//! - [`Backend`]: the few primitives a backend implements; every `Backend` is a `Store`,
+//! - [`backend::Backend`]: the few primitives a backend implements, in the module
+//!   [`backend`] with the rest of the implementer's kit; every `Backend` is a `Store`,
 //!   and the semantics above the primitives (validation, TTL puts, watch views, lease
 //!   keep-alive, locks) are written once here;
 //! - [`Key`]/[`Prefix`] (docs/CONTRACT.md §1), [`KvPair`] (§2), [`Lease`] (§4), the
@@ -36,7 +37,7 @@
 
 #![warn(missing_docs)]
 
-mod backend;
+pub mod backend;
 mod capabilities;
 mod election;
 mod error;
@@ -47,25 +48,20 @@ mod lock;
 mod options;
 mod pair;
 mod redact;
-pub mod retry;
+mod retry;
 mod store;
 mod txn;
 mod watch;
 
-pub use backend::{Backend, Condition};
 pub use capabilities::Capabilities;
 pub use election::{Election, ElectionOptions, Leadership};
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, MAX_KEY_LEN, Prefix};
-pub use lease::{Lease, LeaseGrant, LeaseId, LeaseLoss};
-pub use lifecycle::Lifecycle;
+pub use lease::{Lease, LeaseId, LeaseLoss};
 pub use lock::{LockGuard, Locker};
 pub use options::{DEFAULT_LOCK_TTL, LockOptions, MAX_TTL, PutOptions};
 pub use pair::KvPair;
 pub use redact::redact_url;
 pub use store::Store;
 pub use txn::{Compare, CompareOp, CompareTarget, MAX_TXN_OPS, Txn, TxnOp, TxnResponse, TxnResult};
-pub use watch::{
-    EventBatchStream, RESUME_MAX_DELAY, RESUME_MIN_DELAY, Snapshot, WatchEvent, WatchFrom,
-    WatchSource, WatchTarget, resuming,
-};
+pub use watch::{Snapshot, WatchEvent, WatchFrom};

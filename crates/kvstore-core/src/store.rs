@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, Condition};
+use crate::backend::{Backend, Condition, unsupported};
 use crate::capabilities::Capabilities;
 use crate::election::{Election, ElectionOptions};
 use crate::error::{Error, Result};
@@ -197,10 +197,7 @@ fn require<B: Backend>(backend: &B, supported: bool, operation: &'static str) ->
     if supported {
         Ok(())
     } else {
-        Err(Error::Unsupported {
-            operation,
-            backend: backend.name(),
-        })
+        Err(unsupported(backend, operation))
     }
 }
 
@@ -226,16 +223,16 @@ async fn write_with_options<B: Backend>(
         require(backend, Backend::capabilities(backend).leases, operation)?;
     }
     let Some(ttl) = options.ttl else {
-        return backend.write(&key, value, condition, options.lease).await;
+        return Backend::put(backend, &key, value, condition, options.lease).await;
     };
     check_ttl(backend, ttl, operation)?;
-    let grant = backend.lease_grant(ttl).await?;
-    let written = backend.write(&key, value, condition, Some(grant.id)).await;
+    let grant = Backend::grant_lease(backend, ttl).await?;
+    let written = Backend::put(backend, &key, value, condition, Some(grant.id)).await;
     match &written {
-        Ok(_) => backend.lease_detach(grant.id),
+        Ok(_) => backend.detach_lease(grant.id),
         // Best effort: an unused lease expires by itself anyway.
         Err(_) => {
-            let _ = backend.lease_revoke(grant.id).await;
+            let _ = Backend::revoke_lease(backend, grant.id).await;
         }
     }
     written
@@ -244,7 +241,7 @@ async fn write_with_options<B: Backend>(
 #[async_trait]
 impl<B: Backend> Store for B {
     fn backend(&self) -> &'static str {
-        self.name()
+        Backend::backend(self)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -257,28 +254,30 @@ impl<B: Backend> Store for B {
 
     async fn get(&self, key: &str) -> Result<KvPair> {
         let key = Key::new(key)?;
-        self.fetch(&key).await?.ok_or_else(|| Error::KeyNotFound {
-            key: key.to_string(),
-        })
+        Backend::get(self, &key)
+            .await?
+            .ok_or_else(|| Error::KeyNotFound {
+                key: key.to_string(),
+            })
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.fetch(&Key::new(key)?).await?.is_some())
+        Ok(Backend::get(self, &Key::new(key)?).await?.is_some())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.remove(&Key::new(key)?, Condition::Always).await?;
+        Backend::delete(self, &Key::new(key)?, None).await?;
         Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        let mut pairs = self.fetch_prefix(&Prefix::new(prefix)?).await?;
+        let mut pairs = Backend::list(self, &Prefix::new(prefix)?).await?;
         pairs.retain(|pair| is_valid_key(&pair.key));
         Ok(pairs)
     }
 
     async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        self.remove_prefix(&Prefix::new(prefix)?).await?;
+        Backend::delete_tree(self, &Prefix::new(prefix)?).await?;
         Ok(())
     }
 
@@ -298,26 +297,22 @@ impl<B: Backend> Store for B {
 
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         let key = Key::new(key)?;
-        self.remove(&key, Condition::Revision(previous.revision))
-            .await?;
+        Backend::delete(self, &key, Some(previous.revision)).await?;
         Ok(())
     }
 
     async fn watch(&self, key: &str) -> Result<BoxStream<'static, Result<Option<KvPair>>>> {
         let key = Key::new(key)?;
         require(self, Backend::capabilities(self).watch, "watch")?;
-        let batches = self
-            .subscribe(WatchTarget::Key(key), WatchFrom::Snapshot)
-            .await?;
+        let batches = Backend::watch(self, WatchTarget::Key(key), WatchFrom::Snapshot).await?;
         Ok(watch::key_view(watch::only_valid_keys(batches)))
     }
 
     async fn watch_tree(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<KvPair>>>> {
         let prefix = Prefix::new(prefix)?;
         require(self, Backend::capabilities(self).watch, "watch_tree")?;
-        let batches = self
-            .subscribe(WatchTarget::Prefix(prefix), WatchFrom::Snapshot)
-            .await?;
+        let batches =
+            Backend::watch(self, WatchTarget::Prefix(prefix), WatchFrom::Snapshot).await?;
         Ok(watch::tree_view(watch::only_valid_keys(batches)))
     }
 
@@ -332,7 +327,7 @@ impl<B: Backend> Store for B {
             Backend::capabilities(self).watch,
             "watch_prefix_events",
         )?;
-        let batches = self.subscribe(WatchTarget::Prefix(prefix), from).await?;
+        let batches = Backend::watch(self, WatchTarget::Prefix(prefix), from).await?;
         Ok(watch::event_view(watch::only_valid_keys(batches)))
     }
 
@@ -341,9 +336,12 @@ impl<B: Backend> Store for B {
         require(self, Backend::capabilities(self).locks, "new_lock")?;
         check_ttl(self, options.ttl, "new_lock")?;
         check_value(self, &key, &options.value)?;
+        let area = self
+            .lock_area()
+            .ok_or_else(|| unsupported(self, "new_lock"))?;
         Ok(Locker::new(
             Arc::new(self.clone()),
-            Arc::new(self.lock_area()),
+            Arc::new(area),
             key,
             options,
         ))
@@ -353,9 +351,12 @@ impl<B: Backend> Store for B {
         let name = Key::new(name)?;
         require(self, Backend::capabilities(self).locks, "new_election")?;
         check_ttl(self, options.ttl, "new_election")?;
+        let area = self
+            .lock_area()
+            .ok_or_else(|| unsupported(self, "new_election"))?;
         Ok(Election::new(
             Arc::new(self.clone()),
-            Arc::new(self.lock_area()),
+            Arc::new(area),
             name,
             options,
         ))
@@ -364,18 +365,18 @@ impl<B: Backend> Store for B {
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         check_ttl(self, ttl, "grant_lease")?;
         let asked = tokio::time::Instant::now();
-        let grant = self.lease_grant(ttl).await?;
+        let grant = Backend::grant_lease(self, ttl).await?;
         Ok(Lease::keep_alive(Arc::new(self.clone()), grant, asked))
     }
 
     async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         require(self, Backend::capabilities(self).leases, "keep_alive_lease")?;
-        self.lease_keep_alive(lease).await
+        Backend::keep_alive_lease(self, lease).await
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         require(self, Backend::capabilities(self).leases, "revoke_lease")?;
-        self.lease_revoke(lease).await
+        Backend::revoke_lease(self, lease).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
@@ -387,11 +388,11 @@ impl<B: Backend> Store for B {
         for options in txn.ttl_puts_mut() {
             let Some(ttl) = options.ttl else { continue };
             check_ttl(self, ttl, "txn")?;
-            let grant = match self.lease_grant(ttl).await {
+            let grant = match Backend::grant_lease(self, ttl).await {
                 Ok(grant) => grant,
                 Err(error) => {
                     for lease in granted {
-                        let _ = self.lease_revoke(lease).await;
+                        let _ = Backend::revoke_lease(self, lease).await;
                     }
                     return Err(error);
                 }
@@ -413,16 +414,16 @@ impl<B: Backend> Store for B {
         };
         for lease in granted {
             if kept.contains(&lease) {
-                self.lease_detach(lease);
+                self.detach_lease(lease);
             } else {
                 // Best effort: an unused lease expires by itself anyway.
-                let _ = self.lease_revoke(lease).await;
+                let _ = Backend::revoke_lease(self, lease).await;
             }
         }
         outcome
     }
 
     async fn close(&self) -> Result<()> {
-        self.shutdown().await
+        Backend::close(self).await
     }
 }

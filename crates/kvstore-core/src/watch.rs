@@ -1,7 +1,7 @@
 //! Watch events and the libkv views built on them (docs/CONTRACT.md §5).
 //!
 //! Backends produce one thing: a stream of [`WatchEvent`] batches for a key or a prefix
-//! ([`crate::Backend::subscribe`]). The user-facing forms are built here, once:
+//! ([`crate::backend::Backend::watch`]). The user-facing forms are built here, once:
 //! [`crate::Store::watch`] (a key's value after each change),
 //! [`crate::Store::watch_tree`] (the full list below a prefix after each change) and
 //! [`crate::Store::watch_prefix_events`] (the events themselves).

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::{
-    Backend, Capabilities, Condition, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Prefix, Result, Store, WatchFrom, WatchTarget,
-};
+use kvstore_core::backend::{Backend, Condition, LeaseGrant};
+use kvstore_core::{Capabilities, Key, KvPair, LeaseId, LeaseLoss, Prefix, Result, Store};
 use kvstore_memory::MemoryStore;
 use tokio::time::Instant;
 
@@ -27,62 +25,57 @@ struct SlowAnswers {
     stop_at: Instant,
 }
 
+/// Only keys, values and leases: watches, locks and transactions keep the trait's
+/// `Unsupported` defaults, as a minimal third-party backend would.
 #[async_trait]
 impl Backend for SlowAnswers {
-    fn name(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         "slow-answers"
     }
     fn capabilities(&self) -> Capabilities {
-        Backend::capabilities(&self.inner)
+        let mut capabilities = Capabilities::new(Backend::capabilities(&self.inner).max_value_size);
+        capabilities.leases = true;
+        capabilities
     }
-    fn lock_area(&self) -> Self {
-        SlowAnswers {
-            inner: self.inner.lock_area(),
-            ..self.clone()
-        }
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
+        Backend::get(&self.inner, key).await
     }
-    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
-        self.inner.fetch(key).await
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+        Backend::list(&self.inner, prefix).await
     }
-    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
-        self.inner.fetch_prefix(prefix).await
-    }
-    async fn write(
+    async fn put(
         &self,
         key: &Key,
         value: Bytes,
         condition: Condition,
         lease: Option<LeaseId>,
     ) -> Result<KvPair> {
-        self.inner.write(key, value, condition, lease).await
+        Backend::put(&self.inner, key, value, condition, lease).await
     }
-    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
-        self.inner.remove(key, condition).await
+    async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
+        Backend::delete(&self.inner, key, revision).await
     }
-    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
-        self.inner.remove_prefix(prefix).await
+    async fn delete_tree(&self, prefix: &Prefix) -> Result<Option<u64>> {
+        Backend::delete_tree(&self.inner, prefix).await
     }
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
-        self.inner.lease_grant(ttl).await
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
+        Backend::grant_lease(&self.inner, ttl).await
     }
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         if Instant::now() >= self.stop_at {
             // The server is gone: the request is never answered.
             std::future::pending::<()>().await;
         }
         tokio::time::sleep(self.delay).await;
-        let ttl = self.inner.lease_keep_alive(lease).await?;
+        let ttl = Backend::keep_alive_lease(&self.inner, lease).await?;
         tokio::time::sleep(self.delay).await;
         Ok(ttl)
     }
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        self.inner.lease_revoke(lease).await
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        Backend::revoke_lease(&self.inner, lease).await
     }
-    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
-        self.inner.subscribe(target, from).await
-    }
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
+    async fn close(&self) -> Result<()> {
+        Backend::close(&self.inner).await
     }
 }
 
@@ -99,6 +92,8 @@ async fn lost_fires_no_later_than_the_server_expires_the_lease_when_answers_are_
     });
     let lease = store.grant_lease(TTL).await.unwrap();
     let key = "holder";
+    // The memory store as users see it, beside the slow handle on the same data.
+    let memory: Arc<dyn Store> = Arc::new(memory);
     memory
         .put(
             key,

@@ -282,12 +282,14 @@ impl Follower {
     /// Open the watch after a start from the cache, retrying with backoff; `None` if the
     /// store closed.
     async fn connect(&mut self) -> Option<Events> {
-        let mut delays = kvstore_core::retry::backoff(
-            kvstore_core::RESUME_MIN_DELAY,
-            kvstore_core::RESUME_MAX_DELAY,
+        let mut delays = kvstore_core::backend::backoff(
+            kvstore_core::backend::RESUME_MIN_DELAY,
+            kvstore_core::backend::RESUME_MAX_DELAY,
         );
         loop {
-            let delay = delays.next().unwrap_or(kvstore_core::RESUME_MAX_DELAY);
+            let delay = delays
+                .next()
+                .unwrap_or(kvstore_core::backend::RESUME_MAX_DELAY);
             tokio::time::sleep(delay).await;
             let opened = self
                 .store

@@ -474,7 +474,7 @@ impl Guard {
     /// The claim stays the same: a registration that comes back after an outage is not
     /// newer than one that started meanwhile.
     async fn reregister(&mut self, reason: String) -> Option<Lease> {
-        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
         let mut attempt = 0;
         let mut reason = reason;
         loop {

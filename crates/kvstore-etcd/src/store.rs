@@ -10,9 +10,11 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
     LeaseClient, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
+use kvstore_core::backend::{
+    Backend, Condition, EventBatchStream, LeaseGrant, Lifecycle, WatchTarget,
+};
 use kvstore_core::{
-    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
+    Capabilities, Error, Key, KvPair, LeaseId, LeaseLoss, Prefix, Result, WatchFrom,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -141,7 +143,7 @@ impl EtcdStore {
             })
             .collect();
         let deadline = Instant::now() + config.connect_timeout;
-        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
         let mut last_error = None;
         let client = loop {
             let attempt = async {
@@ -270,7 +272,7 @@ impl EtcdStore {
             operation,
             after: self.config.request_timeout,
         };
-        let mut delays = kvstore_core::retry::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
         let mut immediate_resends = self.config.endpoints.len();
         let mut refreshed = false;
         let mut last_error: Option<Error> = None;
@@ -494,39 +496,36 @@ fn previous_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
 
 #[async_trait]
 impl Backend for EtcdStore {
-    fn name(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_size: self.config.max_value_size,
-            leases: true,
-            ttl_granularity: Duration::from_secs(1),
-            watch: true,
-            locks: true,
-            tokio_clock: false,
-            transactions: true,
-        }
+        let mut capabilities = Capabilities::new(self.config.max_value_size);
+        capabilities.leases = true;
+        capabilities.watch = true;
+        capabilities.locks = true;
+        capabilities.transactions = true;
+        capabilities
     }
 
-    fn lock_area(&self) -> Self {
-        EtcdStore {
+    fn lock_area(&self) -> Option<Self> {
+        Some(EtcdStore {
             root: format!("{}{LOCK_AREA_SUFFIX}/", self.namespace).into(),
             ..self.clone()
-        }
+        })
     }
 
-    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
         let (pairs, _) = self.read(&WatchTarget::Key(key.clone())).await?;
         Ok(pairs.into_iter().next())
     }
 
-    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
         Ok(self.read(&WatchTarget::Prefix(prefix.clone())).await?.0)
     }
 
-    async fn write(
+    async fn put(
         &self,
         key: &Key,
         value: Bytes,
@@ -610,7 +609,8 @@ impl Backend for EtcdStore {
         })
     }
 
-    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
+    async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
+        let condition = revision.map_or(Condition::Always, Condition::Revision);
         let etcd_key = self.etcd_key(key.as_str());
         match condition {
             Condition::Always => {
@@ -650,7 +650,7 @@ impl Backend for EtcdStore {
         }
     }
 
-    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+    async fn delete_tree(&self, prefix: &Prefix) -> Result<Option<u64>> {
         let start = self.etcd_key(&prefix.key_start());
         let response = self
             .call("delete_tree", Resend::Write, |mut clients| {
@@ -666,7 +666,7 @@ impl Backend for EtcdStore {
         Ok((response.deleted() > 0).then(|| header_revision(response.header())))
     }
 
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         // etcd TTLs are whole seconds: round up, so a lease never ends early.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let seconds = i64::try_from(seconds.max(1)).unwrap_or(i64::MAX);
@@ -682,11 +682,11 @@ impl Backend for EtcdStore {
         })
     }
 
-    fn lease_detach(&self, lease: LeaseId) {
+    fn detach_lease(&self, lease: LeaseId) {
         self.lifecycle.forget_lease(lease);
     }
 
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         let refresh = |mut clients: Clients| async move {
             // Opening the stream sends one keep-alive and checks that the lease exists;
             // the second one reads back the TTL the server now grants.
@@ -706,7 +706,7 @@ impl Backend for EtcdStore {
         }
     }
 
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         let outcome = self
             .call("revoke_lease", Resend::Write, |mut clients| async move {
                 clients.lease.revoke(lease.0).await
@@ -837,14 +837,14 @@ impl Backend for EtcdStore {
         })
     }
 
-    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+    async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         self.lifecycle.ensure_open(BACKEND)?;
         crate::watch::subscribe(self.clone(), target, from).await
     }
 
-    async fn shutdown(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         self.lifecycle
-            .close_revoking(|lease| self.lease_revoke(lease))
+            .close_revoking(|lease| Backend::revoke_lease(self, lease))
             .await;
         Ok(())
     }

@@ -10,10 +10,8 @@
 
 use async_trait::async_trait;
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
-use kvstore_core::{
-    Error, EventBatchStream, Result, Snapshot, WatchEvent, WatchFrom, WatchSource, WatchTarget,
-    resuming,
-};
+use kvstore_core::backend::{EventBatchStream, WatchSource, WatchTarget, resuming};
+use kvstore_core::{Error, Result, Snapshot, WatchEvent, WatchFrom};
 
 use crate::BACKEND;
 use crate::store::{EtcdStore, Resend, revision};

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kvstore_core::backend::Condition;
 use kvstore_core::{
-    Condition, Error, KvPair, LeaseId, LeaseLoss, PutOptions, Result, Txn, TxnOp, TxnResponse,
-    TxnResult,
+    Error, KvPair, LeaseId, LeaseLoss, PutOptions, Result, Txn, TxnOp, TxnResponse, TxnResult,
 };
 use tokio::time::Instant;
 

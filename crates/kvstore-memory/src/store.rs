@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvstore_core::backend::{Backend, Condition, EventBatchStream, LeaseGrant, WatchTarget};
 use kvstore_core::{
-    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    Prefix, Result, Txn, TxnResponse, WatchFrom, WatchTarget,
+    Capabilities, Key, KvPair, LeaseId, Prefix, Result, Txn, TxnResponse, WatchFrom,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -232,34 +232,35 @@ async fn reap(shared: Weak<Shared>, deadlines: Arc<Notify>) {
 
 #[async_trait]
 impl Backend for MemoryStore {
-    fn name(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_size: self.shared.max_value_size,
-            leases: true,
-            ttl_granularity: Duration::from_millis(1),
-            watch: true,
-            locks: true,
-            tokio_clock: true,
-            transactions: true,
-        }
+        let mut capabilities = Capabilities::new(self.shared.max_value_size);
+        capabilities.leases = true;
+        capabilities.watch = true;
+        capabilities.locks = true;
+        capabilities.transactions = true;
+        capabilities
     }
 
-    fn lock_area(&self) -> Self {
-        MemoryStore::handle(self.shared.clone(), LOCK_AREA, &self.namespace)
+    fn lock_area(&self) -> Option<Self> {
+        Some(MemoryStore::handle(
+            self.shared.clone(),
+            LOCK_AREA,
+            &self.namespace,
+        ))
     }
 
-    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
         let state = self.shared.open()?;
         Ok(state
             .get(&self.physical(key.as_str()))
             .map(|e| e.to_pair(key.as_str().to_owned())))
     }
 
-    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
         let state = self.shared.open()?;
         let start = self.physical(&prefix.key_start());
         Ok(state
@@ -268,7 +269,7 @@ impl Backend for MemoryStore {
             .collect())
     }
 
-    async fn write(
+    async fn put(
         &self,
         key: &Key,
         value: Bytes,
@@ -280,36 +281,31 @@ impl Backend for MemoryStore {
             .map(|entry| entry.to_pair(key.as_str().to_owned()))
     }
 
-    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
-        if condition == Condition::Absent {
-            return Err(Error::invalid_argument(
-                "remove",
-                "a delete cannot require the key to be absent",
-            ));
-        }
+    async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
+        let condition = revision.map_or(Condition::Always, Condition::Revision);
         let physical = self.physical(key.as_str());
         self.mutate(|state| state.remove(&physical, key.as_str(), condition))
     }
 
-    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+    async fn delete_tree(&self, prefix: &Prefix) -> Result<Option<u64>> {
         let start = self.physical(&prefix.key_start());
         self.mutate(|state| Ok(state.remove_range(&start)))
     }
 
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         let id = self.mutate(|state| Ok(state.grant(ttl, Instant::now())))?;
         self.ensure_reaper();
         self.shared.deadlines.notify_one();
         Ok(LeaseGrant { id, ttl })
     }
 
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         let ttl = self.mutate(|state| state.keep_alive(lease, Instant::now()))?;
         self.shared.deadlines.notify_one();
         Ok(ttl)
     }
 
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.mutate(|state| {
             state.revoke(lease);
             Ok(())
@@ -321,12 +317,12 @@ impl Backend for MemoryStore {
         self.mutate(|state| state.txn(txn, &physical))
     }
 
-    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+    async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         drop(self.shared.open()?);
         Ok(crate::watch::subscribe(self, target, from))
     }
 
-    async fn shutdown(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         let mut state = self.shared.lock();
         let before = state.revision();
         state.close();

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kvstore_core::{
-    EventBatchStream, KvPair, Result, Snapshot, WatchEvent, WatchFrom, WatchTarget,
-};
+use kvstore_core::backend::{EventBatchStream, WatchTarget};
+use kvstore_core::{KvPair, Result, Snapshot, WatchEvent, WatchFrom};
 use tokio::sync::watch;
 
 use crate::state::State;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kvstore_core::{Backend, Error, KvPair, LeaseId, Prefix, PutOptions, Store};
+use kvstore_core::{Error, KvPair, LeaseId, Prefix, PutOptions, Store};
 use kvstore_memory::MemoryStore;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -368,9 +368,11 @@ impl System {
                 Outcome::Done
             }
             // The raw grant: a kept-alive `Lease` handle would move deadlines by itself.
-            Op::GrantLease { ttl_secs } => {
-                Outcome::Lease(store.lease_grant(Duration::from_secs(ttl_secs)).await?.id)
-            }
+            Op::GrantLease { ttl_secs } => Outcome::Lease(
+                kvstore_core::backend::Backend::grant_lease(store, Duration::from_secs(ttl_secs))
+                    .await?
+                    .id,
+            ),
             Op::KeepAlive { lease } => Outcome::Ttl(store.keep_alive_lease(LeaseId(lease)).await?),
             Op::Revoke { lease } => {
                 store.revoke_lease(LeaseId(lease)).await?;

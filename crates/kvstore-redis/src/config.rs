@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Key, Result, redact_url};
+use kvstore_core::redact_url;
+use kvstore_core::{Error, Key, Result};
 
 use crate::topology::{CLUSTER_SCHEME, SENTINEL_SCHEME, Topology};
 

@@ -80,9 +80,9 @@ impl Feed {
 /// The reader: `XREAD BLOCK` after stream id `from`, broadcasting each batch, until no
 /// watcher listens or the store closes.
 async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>) {
-    let mut delays = kvstore_core::retry::backoff(
-        kvstore_core::RESUME_MIN_DELAY,
-        kvstore_core::RESUME_MAX_DELAY,
+    let mut delays = kvstore_core::backend::backoff(
+        kvstore_core::backend::RESUME_MIN_DELAY,
+        kvstore_core::backend::RESUME_MAX_DELAY,
     );
     let mut last_id: Option<String> = Some(from);
     let mut seen_epoch: Option<String> = None;
@@ -105,7 +105,9 @@ async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>)
                 }
                 Err(error) => {
                     tracing::debug!(%error, "redis watch reader cannot connect; retrying");
-                    let delay = delays.next().unwrap_or(kvstore_core::RESUME_MAX_DELAY);
+                    let delay = delays
+                        .next()
+                        .unwrap_or(kvstore_core::backend::RESUME_MAX_DELAY);
                     tokio::select! {
                         () = source.shutdown.cancelled() => return,
                         () = tokio::time::sleep(delay) => {}
@@ -144,9 +146,9 @@ async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>)
         };
         match read {
             Ok((epoch, reply)) => {
-                delays = kvstore_core::retry::backoff(
-                    kvstore_core::RESUME_MIN_DELAY,
-                    kvstore_core::RESUME_MAX_DELAY,
+                delays = kvstore_core::backend::backoff(
+                    kvstore_core::backend::RESUME_MIN_DELAY,
+                    kvstore_core::backend::RESUME_MAX_DELAY,
                 );
                 if seen_epoch.is_some() && epoch != seen_epoch {
                     // The data was replaced (lost and written again): its stream is a new

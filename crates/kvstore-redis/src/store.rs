@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvstore_core::backend::{
+    Backend, Condition, EventBatchStream, LeaseGrant, Lifecycle, WatchTarget,
+};
+use kvstore_core::redact_url;
 use kvstore_core::{
-    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    LeaseLoss, Lifecycle, Prefix, Result, WatchFrom, WatchTarget, redact_url,
+    Capabilities, Error, Key, KvPair, LeaseId, LeaseLoss, Prefix, Result, WatchFrom,
 };
 use redis::io::tcp::TcpSettings;
 use redis::{IntoConnectionInfo, Script, Value};
@@ -487,33 +490,30 @@ fn condition_args(condition: Condition) -> (&'static str, String) {
 
 #[async_trait]
 impl Backend for RedisStore {
-    fn name(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_size: self.config.max_value_size,
-            leases: true,
-            ttl_granularity: Duration::from_millis(1),
-            watch: true,
-            locks: true,
-            tokio_clock: false,
-            transactions: true,
-        }
+        let mut capabilities = Capabilities::new(self.config.max_value_size);
+        capabilities.leases = true;
+        capabilities.watch = true;
+        capabilities.locks = true;
+        capabilities.transactions = true;
+        capabilities
     }
 
-    fn lock_area(&self) -> Self {
-        RedisStore {
+    fn lock_area(&self) -> Option<Self> {
+        Some(RedisStore {
             area: LOCK_AREA,
             ..self.clone()
-        }
+        })
     }
 
     /// A read needs no script: one `HMGET`, and only for a key on a lease a check that
     /// the lease is still alive by the server's clock, so an expired key is never
     /// returned even before the reaper has deleted it.
-    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
         self.lifecycle.ensure_open(BACKEND)?;
         let timeout = self.config.response_timeout;
         let read = &redis::cmd("HMGET")
@@ -562,11 +562,11 @@ impl Backend for RedisStore {
         }))
     }
 
-    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
         Ok(self.read(&WatchTarget::Prefix(prefix.clone())).await?.pairs)
     }
 
-    async fn write(
+    async fn put(
         &self,
         key: &Key,
         value: Bytes,
@@ -625,13 +625,8 @@ impl Backend for RedisStore {
         }
     }
 
-    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
-        if condition == Condition::Absent {
-            return Err(Error::invalid_argument(
-                "delete",
-                "a delete cannot require the key to be absent",
-            ));
-        }
+    async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
+        let condition = revision.map_or(Condition::Always, Condition::Revision);
         let (condition_name, expected) = condition_args(condition);
         let reply = self
             .run_write(
@@ -666,7 +661,7 @@ impl Backend for RedisStore {
         }
     }
 
-    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+    async fn delete_tree(&self, prefix: &Prefix) -> Result<Option<u64>> {
         let start = prefix.key_start();
         let reply = self
             .run_write(
@@ -685,7 +680,7 @@ impl Backend for RedisStore {
     /// Lease ids are random 63-bit numbers drawn here, never a counter: a counter starts
     /// again after Redis loses its data, and a holder's keep-alive would then refresh
     /// (or its revoke delete) another client's lease. An unknown id is `LeaseLost`.
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         /// Draws of a taken id in a row before giving up: with 63-bit ids, a second one
         /// means something is wrong.
         const MAX_DRAWS: usize = 3;
@@ -727,11 +722,11 @@ impl Backend for RedisStore {
         ))
     }
 
-    fn lease_detach(&self, lease: LeaseId) {
+    fn detach_lease(&self, lease: LeaseId) {
         self.lifecycle.forget_lease(lease);
     }
 
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         let reply = self
             .run_write(
                 ("keep_alive_lease", Retry::Idempotent),
@@ -752,7 +747,7 @@ impl Backend for RedisStore {
         }
     }
 
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.run_write(
             ("revoke_lease", Retry::Idempotent),
             &self.scripts.lease_revoke,
@@ -879,14 +874,14 @@ impl Backend for RedisStore {
         })
     }
 
-    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+    async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         self.lifecycle.ensure_open(BACKEND)?;
         crate::watch::subscribe(self.clone(), target, from).await
     }
 
-    async fn shutdown(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         self.lifecycle
-            .close_revoking(|lease| self.lease_revoke(lease))
+            .close_revoking(|lease| Backend::revoke_lease(self, lease))
             .await;
         Ok(())
     }

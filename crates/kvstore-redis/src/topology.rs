@@ -11,7 +11,8 @@
 //! Several hosts are separated by commas, which a plain URL parser refuses, hence this
 //! parser for the two multi-host schemes. User and password may be percent-encoded.
 
-use kvstore_core::{Error, Result, redact_url};
+use kvstore_core::redact_url;
+use kvstore_core::{Error, Result};
 
 /// A Redis deployment, parsed from a store URL.
 #[derive(Clone, PartialEq, Eq)]

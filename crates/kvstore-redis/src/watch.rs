@@ -23,10 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::{
-    Error, EventBatchStream, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom, WatchSource,
-    WatchTarget, resuming,
-};
+use kvstore_core::backend::{EventBatchStream, WatchSource, WatchTarget, resuming};
+use kvstore_core::{Error, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom};
 use redis::streams::{StreamId, StreamRangeReply};
 use tokio::sync::broadcast;
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Key, Result, redact_url};
+use kvstore_core::redact_url;
+use kvstore_core::{Error, Key, Result};
 
 /// Default time allowed to establish a session: 5 s (docs/CONTRACT.md §7).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -14,7 +14,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, LeaseGrant, LeaseId, LeaseLoss, Result};
+use kvstore_core::backend::LeaseGrant;
+use kvstore_core::{Error, LeaseId, LeaseLoss, Result};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 

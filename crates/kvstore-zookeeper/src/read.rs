@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use kvstore_core::{Error, Key, KvPair, LeaseId, Result, WatchTarget};
+use kvstore_core::backend::WatchTarget;
+use kvstore_core::{Error, Key, KvPair, LeaseId, Result};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 

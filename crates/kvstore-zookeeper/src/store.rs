@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::{
-    Backend, Capabilities, Condition, Error, EventBatchStream, Key, KvPair, LeaseGrant, LeaseId,
-    Lifecycle, Prefix, Result, WatchFrom, WatchTarget,
+use kvstore_core::backend::{
+    Backend, Condition, EventBatchStream, LeaseGrant, Lifecycle, WatchTarget,
 };
+use kvstore_core::{Capabilities, Error, Key, KvPair, LeaseId, Prefix, Result, WatchFrom};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
@@ -552,40 +552,37 @@ pub(crate) fn revision(zxid: i64) -> u64 {
 
 #[async_trait]
 impl Backend for ZooKeeperStore {
-    fn name(&self) -> &'static str {
+    fn backend(&self) -> &'static str {
         BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_size: self.config.max_value_size,
-            leases: true,
-            ttl_granularity: Duration::from_millis(1),
-            watch: true,
-            locks: true,
-            transactions: false,
-            tokio_clock: false,
-        }
+        let mut capabilities = Capabilities::new(self.config.max_value_size);
+        capabilities.leases = true;
+        capabilities.watch = true;
+        capabilities.locks = true;
+        capabilities.transactions = false;
+        capabilities
     }
 
-    fn lock_area(&self) -> Self {
-        ZooKeeperStore {
+    fn lock_area(&self) -> Option<Self> {
+        Some(ZooKeeperStore {
             area: Area::Lock,
             ..self.clone()
-        }
+        })
     }
 
-    async fn fetch(&self, key: &Key) -> Result<Option<KvPair>> {
+    async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
         self.bounded("get", self.read_one(key)).await
     }
 
-    async fn fetch_prefix(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
         let target = WatchTarget::Prefix(prefix.clone());
         self.bounded("list", async { Ok(self.snapshot(&target).await?.pairs) })
             .await
     }
 
-    async fn write(
+    async fn put(
         &self,
         key: &Key,
         value: Bytes,
@@ -604,13 +601,8 @@ impl Backend for ZooKeeperStore {
         .await
     }
 
-    async fn remove(&self, key: &Key, condition: Condition) -> Result<Option<u64>> {
-        if condition == Condition::Absent {
-            return Err(Error::invalid_argument(
-                "delete",
-                "a delete cannot require the key to be absent",
-            ));
-        }
+    async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
+        let condition = revision.map_or(Condition::Always, Condition::Revision);
         self.bounded("delete", async {
             for attempt in 0..MAX_CONFLICTS {
                 self.recover_after(attempt).await?;
@@ -623,7 +615,7 @@ impl Backend for ZooKeeperStore {
         .await
     }
 
-    async fn remove_prefix(&self, prefix: &Prefix) -> Result<Option<u64>> {
+    async fn delete_tree(&self, prefix: &Prefix) -> Result<Option<u64>> {
         const OPERATION: &str = "delete_tree";
         let target = WatchTarget::Prefix(prefix.clone());
         self.bounded(OPERATION, async {
@@ -649,32 +641,32 @@ impl Backend for ZooKeeperStore {
         .await
     }
 
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         self.bounded("grant_lease", self.grant(ttl)).await
     }
 
-    fn lease_detach(&self, lease: LeaseId) {
+    fn detach_lease(&self, lease: LeaseId) {
         self.lifecycle.forget_lease(lease);
     }
 
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         self.bounded("keep_alive_lease", self.keep_alive(lease))
             .await
     }
 
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.bounded("revoke_lease", self.end_lease(lease, None, "revoke_lease"))
             .await?;
         self.lifecycle.forget_lease(lease);
         Ok(())
     }
 
-    async fn subscribe(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+    async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
         self.lifecycle.ensure_open(BACKEND)?;
         crate::watch::subscribe(self.clone(), target, from).await
     }
 
-    async fn shutdown(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         self.lifecycle
             .close_revoking(|lease| async move {
                 let after = self.config.request_timeout;

@@ -16,10 +16,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::{
-    EventBatchStream, KvPair, Result, Snapshot, WatchEvent, WatchFrom, WatchSource, WatchTarget,
-    resuming,
-};
+use kvstore_core::backend::{EventBatchStream, WatchSource, WatchTarget, resuming};
+use kvstore_core::{KvPair, Result, Snapshot, WatchEvent, WatchFrom};
 use zookeeper_client as zk;
 
 use crate::layout::Op;

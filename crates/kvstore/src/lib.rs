@@ -31,7 +31,14 @@
 
 mod open;
 
-pub use kvstore_core::*;
+// The user's vocabulary only; what a backend implements lives in
+// `kvstore_core::backend`, for backend authors.
+pub use kvstore_core::{
+    BoxError, Capabilities, Compare, CompareOp, CompareTarget, DEFAULT_LOCK_TTL, Election,
+    ElectionOptions, Error, Key, KvPair, Leadership, Lease, LeaseId, LeaseLoss, LockGuard,
+    LockOptions, Locker, MAX_KEY_LEN, MAX_TTL, MAX_TXN_OPS, Prefix, PutOptions, Result, Snapshot,
+    Store, Txn, TxnOp, TxnResponse, TxnResult, WatchEvent, WatchFrom, redact_url,
+};
 pub use open::{OpenOptions, open, open_with};
 
 /// The etcd v3 backend ([`kvstore_etcd`]).

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, Store, redact_url};
+use kvstore_core::redact_url;
+use kvstore_core::{Error, Result, Store};
 
 /// Settings that override what a URL says, for programs (like `kvctl`) that take them
 /// as separate flags. Unset fields keep the URL's value or the backend's default.

@@ -128,13 +128,12 @@ async fn open(global: &Global) -> Result<Arc<dyn Store>, Failure> {
         ),
         None => None,
     };
-    let options = OpenOptions {
-        namespace: global.namespace.clone(),
-        connect_timeout: Some(timeout),
-        request_timeout: Some(timeout),
-        credentials: global.user.clone().zip(global.password.clone()),
-        ca_pem,
-    };
+    let mut options = OpenOptions::default();
+    options.namespace = global.namespace.clone();
+    options.connect_timeout = Some(timeout);
+    options.request_timeout = Some(timeout);
+    options.credentials = global.user.clone().zip(global.password.clone());
+    options.ca_pem = ca_pem;
     kvstore::open_with(&global.store, &options)
         .await
         .context(|| format!("open {}", redact_url(&global.store)))

@@ -163,6 +163,28 @@ impl Error {
         )
     }
 
+    /// The variant's name in snake case (`"key_not_found"`, `"unavailable"`, ...): a
+    /// label with few values, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::KeyNotFound { .. } => "key_not_found",
+            Error::KeyExists { .. } => "key_exists",
+            Error::KeyModified { .. } => "key_modified",
+            Error::InvalidKey { .. } => "invalid_key",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::ValueTooLarge { .. } => "value_too_large",
+            Error::Unsupported { .. } => "unsupported",
+            Error::LockLost { .. } => "lock_lost",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::Closed { .. } => "closed",
+            Error::Timeout { .. } => "timeout",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Auth { .. } => "auth",
+            Error::Config { .. } => "config",
+            Error::Backend { .. } => "backend",
+        }
+    }
+
     /// Shorthand for an [`Error::InvalidArgument`].
     pub fn invalid_argument(operation: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidArgument {

@@ -51,6 +51,18 @@ pub enum LeaseLoss {
     StoreClosed,
 }
 
+impl LeaseLoss {
+    /// The reason in snake case (`"expired"`, `"keep_alive_failed"`, ...), for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseLoss::Expired => "expired",
+            LeaseLoss::Revoked => "revoked",
+            LeaseLoss::KeepAliveFailed => "keep_alive_failed",
+            LeaseLoss::StoreClosed => "store_closed",
+        }
+    }
+}
+
 impl fmt::Display for LeaseLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -216,6 +228,7 @@ async fn keep_alive_loop(
             Ok(Err(_)) | Err(_) => LeaseLoss::KeepAliveFailed,
         };
         tracing::warn!(lease = %grant.id, reason = %loss, "lease lost");
+        metrics::counter!("kvstore_lease_losses_total", "reason" => loss.kind()).increment(1);
         report.send_replace(Some(loss));
         return;
     }

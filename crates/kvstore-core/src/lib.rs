@@ -42,6 +42,7 @@ mod capabilities;
 mod election;
 mod error;
 mod key;
+pub mod layer;
 mod lease;
 mod lifecycle;
 mod lock;

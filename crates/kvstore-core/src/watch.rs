@@ -222,7 +222,7 @@ pub async fn resuming<S: WatchSource>(
         () = shutdown.cancelled() => return Err(crate::Error::Closed { backend }),
         step = source.step() => step?,
     };
-    let rest = resume(source, shutdown);
+    let rest = resume(source, shutdown, backend);
     Ok(match first {
         Some(batch) => stream::once(async move { Ok(batch) }).chain(rest).boxed(),
         None => rest,
@@ -232,6 +232,7 @@ pub async fn resuming<S: WatchSource>(
 fn resume<S: WatchSource>(
     source: S,
     shutdown: tokio_util::sync::CancellationToken,
+    backend: &'static str,
 ) -> EventBatchStream {
     let delays: Box<dyn Iterator<Item = std::time::Duration> + Send + Sync> =
         Box::new(crate::retry::backoff(RESUME_MIN_DELAY, RESUME_MAX_DELAY));
@@ -245,13 +246,22 @@ fn resume<S: WatchSource>(
                 };
                 match step {
                     Ok(Some(batch)) => {
+                        if batch
+                            .iter()
+                            .any(|event| matches!(event, WatchEvent::Resync(_)))
+                        {
+                            metrics::counter!("kvstore_watch_resyncs_total", "backend" => backend)
+                                .increment(1);
+                        }
                         delays =
                             Box::new(crate::retry::backoff(RESUME_MIN_DELAY, RESUME_MAX_DELAY));
                         return Some((Ok(batch), (source, delays)));
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        tracing::debug!(%error, "watch failed; resuming");
+                        tracing::debug!(backend, %error, "watch failed; resuming");
+                        metrics::counter!("kvstore_watch_reconnects_total", "backend" => backend)
+                            .increment(1);
                         source.reset();
                         let delay = delays.next().unwrap_or(RESUME_MAX_DELAY);
                         tokio::select! {

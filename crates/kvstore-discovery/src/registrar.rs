@@ -70,6 +70,30 @@ pub enum RegistrationStatus {
     Stopped,
 }
 
+impl RegistrationStatus {
+    /// The state's name in snake case (`"registered"`, `"reregistering"`, `"replaced"`,
+    /// `"stopped"`), for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistrationStatus::Registered { .. } => "registered",
+            RegistrationStatus::Reregistering { .. } => "reregistering",
+            RegistrationStatus::Replaced { .. } => "replaced",
+            RegistrationStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// Count a registration entering `status`: the `metrics` counter
+/// `kvstore_registrations_total` with labels `service` and `status`.
+fn count_status(service: &str, status: &'static str) {
+    metrics::counter!(
+        "kvstore_registrations_total",
+        "service" => service.to_owned(),
+        "status" => status,
+    )
+    .increment(1);
+}
+
 enum Command {
     /// Set the status the application asked for ([`Registration::set_status`]).
     SetStatus(Status, oneshot::Sender<Result<()>>),
@@ -113,6 +137,7 @@ impl Registrar {
             write_on_new_lease(self.store.as_ref(), &key, &instance, &claim, ttl).await?;
         // The first write has no `since`: its own revision is the claim from now on.
         claim.since = Some(pair.revision);
+        count_status(&instance.service, "registered");
         let (status_tx, status) = watch::channel(RegistrationStatus::Registered {
             lease: lease.id(),
             revision: pair.revision,
@@ -336,6 +361,12 @@ enum Verdict {
 }
 
 impl Guard {
+    /// Publish a status change and count it (`kvstore_registrations_total`).
+    fn report(&self, status: RegistrationStatus) {
+        count_status(&self.instance.service, status.kind());
+        self.status.send_replace(status);
+    }
+
     async fn run(mut self, first: Lease) {
         let mut lease = first;
         let end = loop {
@@ -371,7 +402,7 @@ impl Guard {
                 None => break RegistrationStatus::Stopped,
             }
         };
-        self.status.send_replace(end);
+        self.report(end);
     }
 
     /// Keep the record in place while `lease` lives.
@@ -463,7 +494,7 @@ impl Guard {
                 PutOptions::with_lease(lease.id()),
             )
             .await?;
-        self.status.send_replace(RegistrationStatus::Registered {
+        self.report(RegistrationStatus::Registered {
             lease: lease.id(),
             revision: pair.revision,
         });
@@ -478,7 +509,7 @@ impl Guard {
         let mut attempt = 0;
         let mut reason = reason;
         loop {
-            self.status.send_replace(RegistrationStatus::Reregistering {
+            self.report(RegistrationStatus::Reregistering {
                 attempt,
                 reason: reason.clone(),
             });
@@ -493,7 +524,7 @@ impl Guard {
             {
                 Ok((lease, pair)) => {
                     tracing::info!(key = %self.key, lease = %lease.id(), "registered again");
-                    self.status.send_replace(RegistrationStatus::Registered {
+                    self.report(RegistrationStatus::Registered {
                         lease: lease.id(),
                         revision: pair.revision,
                     });

@@ -39,7 +39,11 @@ pub use kvstore_core::{
     LockOptions, Locker, MAX_KEY_LEN, MAX_TTL, MAX_TXN_OPS, Prefix, PutOptions, Result, Snapshot,
     Store, Txn, TxnOp, TxnResponse, TxnResult, WatchEvent, WatchFrom, redact_url,
 };
-pub use open::{OpenOptions, open, open_with};
+pub use open::{OpenOptions, Opener, open, open_with, register_scheme};
+
+/// Layers that wrap any store: retry, timeout, key prefix, observability
+/// ([`kvstore_core::layer`]).
+pub use kvstore_core::layer;
 
 /// The etcd v3 backend ([`kvstore_etcd`]).
 #[cfg(feature = "etcd")]

@@ -1,16 +1,22 @@
-//! [`open`] and [`open_with`]: a store from a URL.
+//! [`open`] and [`open_with`]: a store from a URL, through a registry of schemes that a
+//! third-party backend joins with [`register_scheme`].
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use kvstore_core::layer::{LayerExt, ObserveLayer};
 use kvstore_core::redact_url;
 use kvstore_core::{Error, Result, Store};
 
 /// Settings that override what a URL says, for programs (like `kvctl`) that take them
 /// as separate flags. Unset fields keep the URL's value or the backend's default.
 ///
-/// Its `Debug` shows the password and the certificate as `***`.
-#[derive(Clone, Default)]
+/// Its `Debug` shows the password and the certificate as `***`. `#[non_exhaustive]`:
+/// start from `OpenOptions::default()` and set fields.
+#[derive(Clone)]
+#[non_exhaustive]
 pub struct OpenOptions {
     /// Root of the store's keys (etcd: key prefix; Redis: hash tag; memory: prefix).
     pub namespace: Option<String>,
@@ -22,6 +28,22 @@ pub struct OpenOptions {
     pub credentials: Option<(String, String)>,
     /// PEM CA certificate to trust for TLS (feature `tls`): etcd over https, `rediss://`.
     pub ca_pem: Option<Vec<u8>>,
+    /// Wrap the store in [`ObserveLayer`] (a tracing span and metrics per call). Default
+    /// `true`.
+    pub observe: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> OpenOptions {
+        OpenOptions {
+            namespace: None,
+            connect_timeout: None,
+            request_timeout: None,
+            credentials: None,
+            ca_pem: None,
+            observe: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -35,6 +57,7 @@ impl std::fmt::Debug for OpenOptions {
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
             )
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "***"))
+            .field("observe", &self.observe)
             .finish()
     }
 }
@@ -72,23 +95,117 @@ pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store
             redact_url(url)
         ),
     })?;
-    match scheme {
-        "memory" => open_memory(url, options),
-        "etcd" => open_etcd(url, options).await,
-        "redis" | "rediss" | "redis+cluster" | "redis+sentinel" => open_redis(url, options).await,
-        "zookeeper" => open_zookeeper(url, options).await,
-        _ => {
-            // Both quoted from the redacted URL: text before `://` that is no valid
-            // scheme may hold a password.
-            let shown = redact_url(url);
-            let other = shown.split_once("://").map_or("", |(scheme, _)| scheme);
-            Err(Error::Config {
-                message: format!(
-                    "unknown store scheme {other:?} in {shown:?}: expected memory://, etcd://, redis:// or zookeeper://"
-                ),
-            })
-        }
+    let opener = schemes().get(scheme).cloned();
+    let Some(opener) = opener else {
+        // Both quoted from the redacted URL: text before `://` that is no valid scheme
+        // may hold a password.
+        let shown = redact_url(url);
+        let other = shown.split_once("://").map_or("", |(scheme, _)| scheme);
+        let known: Vec<String> = schemes().keys().map(|s| format!("{s}://")).collect();
+        return Err(Error::Config {
+            message: format!(
+                "unknown store scheme {other:?} in {shown:?}: expected one of {}",
+                known.join(", ")
+            ),
+        });
+    };
+    let store = opener(url.to_owned(), options.clone()).await?;
+    Ok(if options.observe {
+        store.layer(ObserveLayer)
+    } else {
+        store
+    })
+}
+
+/// What [`register_scheme`] takes: opens a store from the whole URL and the options
+/// (which override the URL; see [`OpenOptions`]).
+pub type Opener =
+    Arc<dyn Fn(String, OpenOptions) -> BoxFuture<'static, Result<Arc<dyn Store>>> + Send + Sync>;
+
+/// The schemes [`open`] knows: the built-in backends compiled in, then those registered.
+static SCHEMES: LazyLock<RwLock<BTreeMap<String, Opener>>> = LazyLock::new(|| {
+    let mut schemes: BTreeMap<String, Opener> = BTreeMap::new();
+    let mut add = |scheme: &str, opener: Opener| {
+        schemes.insert(scheme.to_owned(), opener);
+    };
+    add(
+        "memory",
+        Arc::new(|url, options| Box::pin(async move { open_memory(&url, &options) })),
+    );
+    add(
+        "etcd",
+        Arc::new(|url, options| Box::pin(async move { open_etcd(&url, &options).await })),
+    );
+    for scheme in ["redis", "rediss", "redis+cluster", "redis+sentinel"] {
+        add(
+            scheme,
+            Arc::new(|url, options| Box::pin(async move { open_redis(&url, &options).await })),
+        );
     }
+    add(
+        "zookeeper",
+        Arc::new(|url, options| Box::pin(async move { open_zookeeper(&url, &options).await })),
+    );
+    RwLock::new(schemes)
+});
+
+fn schemes() -> std::sync::RwLockReadGuard<'static, BTreeMap<String, Opener>> {
+    SCHEMES
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Teach [`open`] (and so `kvctl` and every program that opens stores by URL) a new
+/// scheme: `register_scheme("consul", opener)` makes `open("consul://...")` call
+/// `opener`. This is how a third-party backend plugs in; docs/writing-a-backend.md shows
+/// one end to end.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore::Result<()> {
+/// use std::sync::Arc;
+/// use kvstore::Store;
+///
+/// kvstore::register_scheme("scratch", |_url, _options| async {
+///     Ok(Arc::new(kvstore::memory::MemoryStore::new()) as Arc<dyn Store>)
+/// })?;
+/// let store = kvstore::open("scratch://anything").await?;
+/// assert_eq!(store.backend(), "memory");
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::Config`] when `scheme` is not a valid URL scheme (a letter, then letters,
+/// digits, `+`, `-` or `.`) or is already known (built-in or registered before): a
+/// scheme means one backend for the life of the process.
+pub fn register_scheme<F, Fut>(scheme: &str, opener: F) -> Result<()>
+where
+    F: Fn(String, OpenOptions) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Arc<dyn Store>>> + Send + 'static,
+{
+    let valid = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid {
+        return Err(Error::Config {
+            message: format!("{scheme:?} is not a URL scheme"),
+        });
+    }
+    let mut schemes = SCHEMES
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if schemes.contains_key(scheme) {
+        return Err(Error::Config {
+            message: format!("the store scheme {scheme:?} is already registered"),
+        });
+    }
+    let opener: Opener = Arc::new(move |url, options| Box::pin(opener(url, options)));
+    schemes.insert(scheme.to_owned(), opener);
+    Ok(())
 }
 
 #[cfg(not(all(

@@ -125,3 +125,50 @@ async fn errors_quoting_the_url_do_not_show_its_password() {
         assert!(message.contains("***"), "{url}: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_registered_scheme_opens_through_open() {
+    use std::sync::Arc;
+    kvstore::register_scheme("test-scheme", |url, options| async move {
+        assert_eq!(url, "test-scheme://somewhere");
+        assert_eq!(options.namespace.as_deref(), Some("tenant"));
+        Ok(Arc::new(kvstore::memory::MemoryStore::new()) as Arc<dyn kvstore::Store>)
+    })
+    .unwrap();
+    let mut options = kvstore::OpenOptions::default();
+    options.namespace = Some("tenant".into());
+    let store = kvstore::open_with("test-scheme://somewhere", &options)
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "memory");
+
+    let again = kvstore::register_scheme("test-scheme", |_url, _options| async {
+        Err(Error::Config {
+            message: "never called".into(),
+        })
+    });
+    assert!(
+        matches!(again, Err(Error::Config { .. })),
+        "a scheme has one backend"
+    );
+    let builtin = kvstore::register_scheme("etcd", |_url, _options| async {
+        Err(Error::Config {
+            message: "never called".into(),
+        })
+    });
+    assert!(
+        matches!(builtin, Err(Error::Config { .. })),
+        "built-ins stay"
+    );
+    let invalid = kvstore::register_scheme("not a scheme", |_url, _options| async {
+        Err(Error::Config {
+            message: "never called".into(),
+        })
+    });
+    assert!(matches!(invalid, Err(Error::Config { .. })));
+    let message = config_message(kvstore::open("nope://x").await);
+    assert!(
+        message.contains("test-scheme://"),
+        "lists registered schemes: {message}"
+    );
+}

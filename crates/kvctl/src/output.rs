@@ -1,9 +1,8 @@
 //! Rendering pairs and events as text lines or JSON lines. Binary values are shown
 //! safely: escaped in text mode, base64 in JSON mode.
 
-use base64::Engine;
 use kvstore::{KvPair, WatchEvent};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -27,15 +26,9 @@ pub fn escape(value: &[u8]) -> String {
     }
 }
 
-/// A pair as JSON.
+/// A pair as JSON (kvstore's `serde` form: the value base64 in `value_base64`).
 pub fn pair_json(pair: &KvPair) -> Value {
-    json!({
-        "key": pair.key,
-        "value_base64": base64::engine::general_purpose::STANDARD.encode(&pair.value),
-        "revision": pair.revision,
-        "create_revision": pair.create_revision,
-        "lease": pair.lease.map(|l| l.to_string()),
-    })
+    serde_json::to_value(pair).unwrap_or(Value::Null)
 }
 
 /// An event as one line.
@@ -58,18 +51,7 @@ pub fn event_line(event: &WatchEvent, format: Format) -> String {
         (Format::Text, WatchEvent::Resync(s)) => {
             format!("RESYNC {} keys (revision {})", s.pairs.len(), s.revision)
         }
-        (Format::Json, WatchEvent::Put(pair)) => {
-            json!({"type": "put", "pair": pair_json(pair)}).to_string()
-        }
-        (Format::Json, WatchEvent::Delete { key, revision }) => {
-            json!({"type": "delete", "key": key, "revision": revision}).to_string()
-        }
-        (Format::Json, WatchEvent::Snapshot(s) | WatchEvent::Resync(s)) => json!({
-            "type": if matches!(event, WatchEvent::Snapshot(_)) { "snapshot" } else { "resync" },
-            "revision": s.revision,
-            "pairs": s.pairs.iter().map(pair_json).collect::<Vec<_>>(),
-        })
-        .to_string(),
+        (Format::Json, event) => serde_json::to_string(event).unwrap_or_default(),
     }
 }
 

@@ -122,20 +122,24 @@ fn print_instances(instances: &[Instance], format: Format) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    println!(
-        "{:<20} {:<22} {:<9} {:>6} {:<10} {:>8}",
-        "ID", "ADDRESS", "STATUS", "WEIGHT", "ZONE", "AGE"
-    );
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(["ID", "ADDRESS", "STATUS", "WEIGHT", "ZONE", "AGE"]);
     for i in instances {
         let age = now.saturating_sub(u128::from(i.registered_at)) / 1000;
-        println!(
-            "{:<20} {:<22} {:<9} {:>6} {:<10} {:>7}s",
-            i.id,
-            i.address,
+        table.add_row([
+            i.id.clone(),
+            i.address.clone(),
             format!("{:?}", i.status).to_lowercase(),
-            i.weight,
-            i.zone.as_deref().unwrap_or("-"),
-            age
-        );
+            i.weight.to_string(),
+            i.zone.clone().unwrap_or_else(|| "-".into()),
+            format!("{age}s"),
+        ]);
     }
+    // Columns flush left, two spaces apart.
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    println!("{}", table.trim_fmt());
 }

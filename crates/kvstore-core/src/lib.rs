@@ -50,6 +50,8 @@ mod options;
 mod pair;
 mod redact;
 mod retry;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod store;
 mod txn;
 mod watch;

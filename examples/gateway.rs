@@ -1,17 +1,20 @@
 //! An HTTP gateway as its own process: discovers a service's live instances and
 //! balances every request over them with tower's p2c balancer, printing each change of
 //! the instance set and when it goes stale (the registry stops answering, or
-//! protection holds back a drop).
+//! protection holds back a drop). `GET /metrics` shows kvstore's metrics (store calls,
+//! watch reconnects and resyncs, lease losses, registrations) in Prometheus format.
 //!
 //! ```text
 //! cargo run --features etcd,redis --example gateway -- --store etcd://127.0.0.1:2379 --service echo --listen 127.0.0.1:8080
 //! curl -i http://127.0.0.1:8080/
+//! curl http://127.0.0.1:8080/metrics
 //! ```
 
 use clap::Parser;
 use futures::StreamExt;
 use kvstore_discovery::{Discovery, InstanceChange};
 use kvstore_examples::gateway;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 
 /// Route HTTP requests to the live instances of a service.
@@ -31,6 +34,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let args = Args::parse();
     let store = kvstore::open(&args.store).await?;
     let discovery = Discovery::new(store);
@@ -44,7 +48,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.service,
         instances.instances().len()
     );
-    let server = gateway::serve(listener, discovery.watch(&args.service).await?);
+    let server = gateway::serve(
+        listener,
+        discovery.watch(&args.service).await?,
+        Some(metrics),
+    );
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

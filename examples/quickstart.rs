@@ -133,7 +133,7 @@ async fn main() -> Result<(), Failure> {
         "  gateway listening on {gateway}, sees {} instances",
         gateway_set.instances().len()
     );
-    let _gateway = gateway::serve(listener, gateway_set);
+    let _gateway = gateway::serve(listener, gateway_set, None);
     send_requests(&client, &gateway, &["echo-1", "echo-2", "echo-3"]).await?;
 
     println!("3. echo-2 crashes: its server and heartbeat stop, it does not deregister");

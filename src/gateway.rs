@@ -14,10 +14,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kvstore_discovery::{Instance, InstanceReader, InstanceSet, Status};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::balance::p2c::Balance;
@@ -43,9 +45,14 @@ struct Routes {
 /// Serve on `listener`, forwarding each request to an `Up` instance of `instances`
 /// picked by tower's p2c balancer over [`InstanceSet::into_discover`]. Answers 503 when
 /// no instance is `Up`, 502 when the picked one fails (saying which in `x-served-by`),
-/// 504 when no instance became ready in time. Stops (and stops following the service)
-/// when the returned task is aborted.
-pub fn serve(listener: TcpListener, instances: InstanceSet) -> JoinHandle<std::io::Result<()>> {
+/// 504 when no instance became ready in time. With `metrics`, `GET /metrics` answers
+/// the Prometheus text format instead of being forwarded. Stops (and stops following
+/// the service) when the returned task is aborted.
+pub fn serve(
+    listener: TcpListener,
+    instances: InstanceSet,
+    metrics: Option<PrometheusHandle>,
+) -> JoinHandle<std::io::Result<()>> {
     let reader = instances.reader();
     let client = Client::builder(TokioExecutor::new()).build_http();
     let discover = instances.into_discover(move |instance: &Instance| {
@@ -63,7 +70,14 @@ pub fn serve(listener: TcpListener, instances: InstanceSet) -> JoinHandle<std::i
         instances: reader,
         balancer: BoxCloneSyncService::new(Buffer::new(balance, QUEUE)),
     });
-    let app = Router::new().fallback(forward).with_state(routes);
+    let mut app = Router::new();
+    if let Some(metrics) = metrics {
+        app = app.route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        );
+    }
+    let app = app.fallback(forward).with_state(routes);
     tokio::spawn(async move { axum::serve(listener, app).await })
 }
 

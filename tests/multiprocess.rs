@@ -93,4 +93,17 @@ async fn gateway_stops_routing_to_a_killed_provider(store: &str) {
         late.is_empty(),
         "traffic still went wrong after TTL + 1 s: {late:?}"
     );
+
+    // The gateway's own calls to the store, counted and served in Prometheus format.
+    let metrics = client
+        .get(&format!("http://{gateway_address}/metrics"))
+        .await
+        .expect("the gateway serves /metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("kvstore_operations_total{")
+            && metrics.body.contains("outcome=\"ok\""),
+        "{}",
+        metrics.body
+    );
 }

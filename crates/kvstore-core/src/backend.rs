@@ -155,7 +155,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
 }
 
 /// [`Error::Unsupported`] for `operation` on `backend`.
-pub(crate) fn unsupported<B: Backend + ?Sized>(backend: &B, operation: &'static str) -> Error {
+pub(crate) fn unsupported<B: Backend>(backend: &B, operation: &'static str) -> Error {
     Error::Unsupported {
         operation,
         backend: backend.backend(),

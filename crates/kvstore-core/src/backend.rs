@@ -32,6 +32,7 @@ use crate::txn::{Txn, TxnResponse};
 pub use crate::lease::LeaseGrant;
 pub use crate::lifecycle::Lifecycle;
 pub use crate::retry::backoff;
+pub use crate::store_url::{StoreUrl, invalid as invalid_url, parse_millis};
 pub use crate::watch::{
     EventBatchStream, RESUME_MAX_DELAY, RESUME_MIN_DELAY, WatchSource, WatchTarget, resuming,
 };

@@ -53,6 +53,7 @@ mod retry;
 #[cfg(feature = "serde")]
 mod serde_impls;
 mod store;
+mod store_url;
 mod txn;
 mod watch;
 

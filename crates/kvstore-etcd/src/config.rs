@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::redact_url;
+use kvstore_core::backend::{StoreUrl, invalid_url, parse_millis};
 use kvstore_core::{Error, Key, Result};
 
 /// Default time allowed to reach a server when connecting: 5 s (docs/CONTRACT.md §7).
@@ -111,59 +111,29 @@ impl EtcdConfig {
     ///
     /// # Errors
     /// [`Error::Config`] naming the malformed part, quoting the URL without its password
-    /// ([`redact_url`]).
+    /// ([`kvstore_core::redact_url`]).
     pub fn from_url(url: &str) -> Result<EtcdConfig> {
-        let bad = |what: String| Error::Config {
-            message: format!("invalid etcd URL {:?}: {what}", redact_url(url)),
-        };
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| bad("expected etcd://host:port".into()))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, namespace) = rest.split_once('/').unwrap_or((rest, ""));
-        let (credentials, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => {
-                let (username, password) = userinfo
-                    .split_once(':')
-                    .ok_or_else(|| bad("credentials must be user:password@".into()))?;
-                (
-                    Some(Credentials {
-                        username: username.to_owned(),
-                        password: password.to_owned(),
-                    }),
-                    hosts,
-                )
-            }
-            None => (None, authority),
-        };
-        let mut config = EtcdConfig::new(Vec::<String>::new());
-        for host in hosts.split(',') {
-            let (name, port) = host
-                .rsplit_once(':')
-                .ok_or_else(|| bad(format!("endpoint {host:?} needs host:port")))?;
-            if name.is_empty() || port.parse::<u16>().is_err() {
-                return Err(bad(format!("endpoint {host:?} needs host:port")));
-            }
-            config.endpoints.push(host.to_owned());
+        let parsed = StoreUrl::parse(url, "etcd")?;
+        let mut config = EtcdConfig::new(parsed.hosts);
+        config.credentials = parsed
+            .credentials
+            .map(|(username, password)| Credentials { username, password });
+        if !parsed.namespace.is_empty() {
+            config.namespace = parsed.namespace;
         }
-        config.credentials = credentials;
-        let namespace = namespace.trim_matches('/');
-        if !namespace.is_empty() {
-            config.namespace = namespace.to_owned();
-        }
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let millis = || {
-                value
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| bad(format!("{name} must be milliseconds, got {value:?}")))
+        for (name, value) in &parsed.options {
+            let option = match name.as_str() {
+                "connect_timeout" => &mut config.connect_timeout,
+                "request_timeout" => &mut config.request_timeout,
+                other => {
+                    return Err(invalid_url(
+                        url,
+                        "etcd",
+                        format!("unknown option {other:?}"),
+                    ));
+                }
             };
-            match name {
-                "connect_timeout" => config.connect_timeout = millis()?,
-                "request_timeout" => config.request_timeout = millis()?,
-                other => return Err(bad(format!("unknown option {other:?}"))),
-            }
+            *option = parse_millis(name, value).map_err(|what| invalid_url(url, "etcd", what))?;
         }
         config.validate()?;
         Ok(config)

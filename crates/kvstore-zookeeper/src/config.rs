@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::redact_url;
+use kvstore_core::backend::{StoreUrl, invalid_url, parse_millis};
 use kvstore_core::{Error, Key, Result};
 
 /// Default time allowed to establish a session: 5 s (docs/CONTRACT.md §7).
@@ -96,57 +96,18 @@ impl ZooKeeperConfig {
     ///
     /// # Errors
     /// [`Error::Config`] naming the malformed part, quoting the URL without its password
-    /// ([`redact_url`]).
+    /// ([`kvstore_core::redact_url`]).
     pub fn from_url(raw: &str) -> Result<ZooKeeperConfig> {
-        let bad = |what: String| Error::Config {
-            message: format!("invalid zookeeper URL {:?}: {what}", redact_url(raw)),
-        };
-        let rest = raw
-            .strip_prefix(SCHEME)
-            .and_then(|r| r.strip_prefix("://"))
-            .ok_or_else(|| {
-                bad(format!(
-                    "expected {SCHEME}://host:port[,host:port...][/namespace]"
-                ))
-            })?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (userinfo, rest) = match rest.rfind('@') {
-            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
-            None => (None, rest),
-        };
-        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if hosts.is_empty() {
-            return Err(bad("at least one host:port is required".into()));
+        let parsed = StoreUrl::parse(raw, SCHEME)?;
+        let mut config = ZooKeeperConfig::new(parsed.hosts.join(","));
+        config.credentials = parsed.credentials;
+        if !parsed.namespace.is_empty() {
+            config.namespace = parsed.namespace;
         }
-        for host in hosts.split(',') {
-            let valid = host
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !valid {
-                return Err(bad(format!("expected host:port, got {host:?}")));
-            }
-        }
-        let mut config = ZooKeeperConfig::new(hosts);
-        if let Some(userinfo) = userinfo {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            let decode = |text: &str| {
-                percent_encoding::percent_decode_str(text)
-                    .decode_utf8()
-                    .map(|t| t.into_owned())
-                    .map_err(|_| bad("the credentials are not valid UTF-8".into()))
-            };
-            config.credentials = Some((decode(user)?, decode(password)?));
-        }
-        let path = path.trim_matches('/');
-        if !path.is_empty() {
-            config.namespace = percent_encoding::percent_decode_str(path)
-                .decode_utf8()
-                .map_err(|_| bad("the namespace is not valid UTF-8".into()))?
-                .into_owned();
-        }
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            config.take_option(name, value).map_err(bad)?;
+        for (name, value) in &parsed.options {
+            config
+                .take_option(name, value)
+                .map_err(|what| invalid_url(raw, SCHEME, what))?;
         }
         config.validate()?;
         Ok(config)
@@ -160,9 +121,9 @@ impl ZooKeeperConfig {
         };
         match name {
             "namespace" => self.namespace = value.to_owned(),
-            "connect_timeout" => self.connect_timeout = Duration::from_millis(number()?),
-            "request_timeout" => self.request_timeout = Duration::from_millis(number()?),
-            "session_timeout" => self.session_timeout = Duration::from_millis(number()?),
+            "connect_timeout" => self.connect_timeout = parse_millis(name, value)?,
+            "request_timeout" => self.request_timeout = parse_millis(name, value)?,
+            "session_timeout" => self.session_timeout = parse_millis(name, value)?,
             "log_max_len" => {
                 self.log_max_len = usize::try_from(number()?).map_err(|e| e.to_string())?;
             }

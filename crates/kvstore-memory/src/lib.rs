@@ -10,7 +10,14 @@
 //! expired keys so watchers see the deletes.
 //!
 //! Watch history is a bounded ring ([`MemoryConfig::history_capacity`] changes): a
-//! watcher that falls further behind receives a `Resync` with the full state.
+//! watcher that falls further behind on its own keys receives a `Resync` with the full
+//! state.
+//!
+//! Costs that do not grow with the work elsewhere: reads (`get`, `list`, watch
+//! snapshots) share a read-write lock, so threads read in parallel; a write wakes only
+//! the watchers whose key or prefix contains a key it changed (a few hash lookups per
+//! changed key, however many watchers sit on other prefixes); and a write looks for
+//! expired leases only when the earliest lease deadline has passed.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -1,4 +1,5 @@
-//! The store's state under one mutex: data, leases, revision counter and event history.
+//! The store's state, behind the store's read-write lock: data, leases, revision counter
+//! and event history.
 //!
 //! Keys here are *physical*: the handle's area root (namespace and user/lock area) plus
 //! the user key, so handles with different namespaces share one map without seeing each
@@ -88,17 +89,33 @@ impl State {
         self.compacted
     }
 
-    /// Fails with `Closed` after shutdown; otherwise expires due leases first, so no read
-    /// or write ever sees an expired key.
-    pub fn open(&mut self) -> Result<&mut State> {
+    /// Fails with `Closed` after shutdown.
+    pub fn check_open(&self) -> Result<()> {
         if self.closed {
             return Err(Error::Closed { backend: BACKEND });
         }
-        // Reading the clock costs more than the rest of a read: only when a lease exists.
-        if !self.deadlines.is_empty() {
-            self.expire_due(Instant::now());
+        Ok(())
+    }
+
+    /// Whether some lease's deadline has passed by tokio's clock, so its keys must be
+    /// deleted before anyone reads or writes. One look at the earliest deadline; the
+    /// clock, which costs more than the rest of a read, is read only when a lease exists.
+    pub fn lease_due(&self) -> bool {
+        self.deadlines
+            .first()
+            .is_some_and(|&(deadline, _)| deadline <= Instant::now())
+    }
+
+    /// Expire every lease that is due, if any: a write calls this first, so no write ever
+    /// sees an expired key, and does nothing more than [`State::lease_due`]'s one look
+    /// when nothing is due.
+    pub fn expire_if_due(&mut self) {
+        if let Some(&(first, _)) = self.deadlines.first() {
+            let now = Instant::now();
+            if first <= now {
+                self.expire_due(now);
+            }
         }
-        Ok(self)
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
@@ -285,7 +302,7 @@ impl State {
 
     /// Expire every lease whose deadline has passed, each at its own revision, oldest
     /// deadline first.
-    pub fn expire_due(&mut self, now: Instant) {
+    fn expire_due(&mut self, now: Instant) {
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;

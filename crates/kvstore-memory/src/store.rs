@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: the handle users clone, and its [`Backend`] implementation.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,12 +9,13 @@ use kvstore_core::backend::{Backend, Condition, EventBatchStream, LeaseGrant, Wa
 use kvstore_core::{
     Capabilities, Key, KvPair, LeaseId, Prefix, Result, Txn, TxnResponse, WatchFrom,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::state::State;
+use crate::watch::Registry;
 
 /// The largest value accepted by default: 1.5 MiB, etcd's default request limit, so code
 /// tested on memory does not break on etcd.
@@ -49,10 +50,14 @@ impl Default for MemoryConfig {
 }
 
 /// The state shared by every handle of one store.
+///
+/// Reads (`get`, `list`, watch reads) share the state's lock; writes, lease expiry and
+/// `close` take it exclusively. Lock order: `state`, then `watchers`.
 pub(crate) struct Shared {
-    state: Mutex<State>,
-    /// The current revision, for waking watchers.
-    pub revision: watch::Sender<u64>,
+    state: RwLock<State>,
+    /// Every live watcher, indexed by its target; writers wake only the watchers of the
+    /// keys they changed.
+    pub watchers: Mutex<Registry>,
     /// Wakes the reaper when lease deadlines change.
     deadlines: Arc<Notify>,
     reaper: Mutex<Option<JoinHandle<()>>>,
@@ -60,26 +65,73 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state, after expiring due leases; `Closed` after shutdown.
-    pub fn open(&self) -> Result<MutexGuard<'_, State>> {
-        let mut state = self.lock();
-        state.open()?;
-        Ok(state)
+    /// Run `f` on the open state under the shared lock: reads on many threads proceed
+    /// together. `Closed` after shutdown.
+    ///
+    /// No read sees an expired key: if a lease is due, the read takes the exclusive
+    /// lock instead and expires it first (at its own revision, waking its watchers, as
+    /// the reaper would), so reads stay consistent with the revision they report.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T> {
+        {
+            let state = self.read_state();
+            state.check_open()?;
+            if !state.lease_due() {
+                return Ok(f(&state));
+            }
+        }
+        self.write(|state| Ok(f(state)))
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    /// Run `f` on the open state under the exclusive lock, after expiring due leases, and
+    /// wake the watchers of every key changed meanwhile. `Closed` after shutdown.
+    pub fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut state = self.write_state();
+        state.check_open()?;
+        let before = state.revision();
+        state.expire_if_due();
+        // Tell the watchers of expired keys before `f` runs: `f` may be a watcher's own
+        // read, which must see that its keys changed.
+        self.publish(&state, before);
+        let before = state.revision();
+        let outcome = f(&mut state);
+        self.publish(&state, before);
+        outcome
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written in a way a
         // later reader could observe (every mutation completes before returning), so a
         // poisoned lock is still usable.
         self.state
-            .lock()
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Tell watchers about a new revision if `before` is not current any more.
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        // As in `read_state`: a poisoned lock is still usable.
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wake the watchers of every key changed after revision `before`. Called with the
+    /// exclusive lock held, so each woken watcher's next read sees the change.
     fn publish(&self, state: &State, before: u64) {
-        if state.revision() != before {
-            self.revision.send_replace(state.revision());
+        if state.revision() == before {
+            return;
+        }
+        let watchers = crate::watch::lock(&self.watchers);
+        if watchers.is_empty() {
+            return;
+        }
+        if state.compacted() > before {
+            // This write alone overflowed the history ring: the keys of the changes it
+            // dropped are unknown, so every watcher may have lost one.
+            watchers.touch_all(before + 1);
+            return;
+        }
+        for change in state.changes_after(before) {
+            watchers.touch(&change.key, change.revision);
         }
     }
 }
@@ -127,8 +179,8 @@ impl MemoryStore {
     /// A new, empty store.
     pub fn with_config(config: MemoryConfig) -> MemoryStore {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(config.history_capacity)),
-            revision: watch::Sender::new(0),
+            state: RwLock::new(State::new(config.history_capacity)),
+            watchers: Mutex::new(Registry::default()),
             deadlines: Arc::new(Notify::new()),
             reaper: Mutex::new(None),
             max_value_size: config.max_value_size,
@@ -155,8 +207,19 @@ impl MemoryStore {
     /// # Errors
     /// `Closed` after `close()`.
     pub fn compact(&self) -> Result<()> {
-        self.shared.open()?.compact();
+        // Not `Shared::write`: a due lease is left to the next call, so no change made
+        // here is compacted away before its watchers are told.
+        let mut state = self.shared.write_state();
+        state.check_open()?;
+        state.compact();
         Ok(())
+    }
+
+    /// Hold the store's shared (read) lock until the returned guard is dropped. Not part
+    /// of the API: for tests showing that reads on other threads proceed meanwhile.
+    #[doc(hidden)]
+    pub fn read_lock_for_tests(&self) -> impl Sized + '_ {
+        self.shared.read_state()
     }
 
     fn physical(&self, key: &str) -> String {
@@ -174,13 +237,10 @@ impl MemoryStore {
         &self.root
     }
 
-    /// Run `f` on the open state and wake watchers if it wrote.
+    /// Run `f` on the open state under the exclusive lock and wake the watchers of the
+    /// keys it changed.
     fn mutate<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
-        let mut state = self.shared.open()?;
-        let before = state.revision();
-        let outcome = f(&mut state);
-        self.shared.publish(&state, before);
-        outcome
+        self.shared.write(f)
     }
 
     /// Start the lease reaper if it is not running. It holds only a weak reference, so
@@ -207,7 +267,7 @@ async fn reap(shared: Weak<Shared>, deadlines: Arc<Notify>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let state = shared.lock();
+            let state = shared.read_state();
             if state.is_closed() {
                 return;
             }
@@ -223,10 +283,10 @@ async fn reap(shared: Weak<Shared>, deadlines: Arc<Notify>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut state = shared.lock();
-        let before = state.revision();
-        state.expire_due(Instant::now());
-        shared.publish(&state, before);
+        // Expires what is due and wakes its watchers; `Closed` ends the reaper.
+        if shared.write(|_| Ok(())).is_err() {
+            return;
+        }
     }
 }
 
@@ -254,19 +314,22 @@ impl Backend for MemoryStore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
-        let state = self.shared.open()?;
-        Ok(state
-            .get(&self.physical(key.as_str()))
-            .map(|e| e.to_pair(key.as_str().to_owned())))
+        let physical = self.physical(key.as_str());
+        self.shared.read(|state| {
+            state
+                .get(&physical)
+                .map(|e| e.to_pair(key.as_str().to_owned()))
+        })
     }
 
     async fn list(&self, prefix: &Prefix) -> Result<Vec<KvPair>> {
-        let state = self.shared.open()?;
         let start = self.physical(&prefix.key_start());
-        Ok(state
-            .range(&start)
-            .map(|(k, e)| e.to_pair(k[self.root.len()..].to_owned()))
-            .collect())
+        self.shared.read(|state| {
+            state
+                .range(&start)
+                .map(|(k, e)| e.to_pair(k[self.root.len()..].to_owned()))
+                .collect()
+        })
     }
 
     async fn put(
@@ -318,17 +381,17 @@ impl Backend for MemoryStore {
     }
 
     async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
-        drop(self.shared.open()?);
+        self.shared.read(|_| ())?;
         Ok(crate::watch::subscribe(self, target, from))
     }
 
     async fn close(&self) -> Result<()> {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.write_state();
         let before = state.revision();
         state.close();
         self.shared.publish(&state, before);
         // Wake every watcher so its stream ends, even if closing wrote nothing.
-        self.shared.revision.send_modify(|_| {});
+        crate::watch::lock(&self.shared.watchers).wake_all();
         drop(state);
         if let Some(reaper) = self
             .shared

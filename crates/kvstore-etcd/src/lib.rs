@@ -12,6 +12,8 @@
 //! - **Leases** are etcd leases; TTLs are whole seconds, rounded up (etcd's minimum is
 //!   about 1.5 s at default election settings, and etcd raises shorter TTLs to it). The
 //!   keep-alive loop is kvstore's own (every TTL/3), so loss is reported, never silent.
+//!   Every keep-alive of a store goes over one shared `LeaseKeepAlive` stream, as etcd's
+//!   Go client does, however many leases it keeps alive.
 //! - **Watches** read a snapshot and watch from the next revision; they resume from the
 //!   last delivered revision + 1 after a dropped connection and yield `Resync` when etcd
 //!   has compacted the revision they need.
@@ -34,6 +36,7 @@
 
 mod config;
 mod error;
+mod keepalive;
 mod store;
 #[cfg(feature = "tls")]
 mod tls;

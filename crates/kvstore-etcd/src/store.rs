@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::EtcdConfig;
-use crate::error::{for_lease, from_etcd, is_expired_token};
+use crate::error::{for_lease, from_etcd, from_shared, is_expired_token};
+use crate::keepalive::{Answer, KeepAlives, Link};
 
 /// How often a connection with open streams (watches, keep-alives) is pinged, so a dead
 /// or frozen server is noticed by an idle watch. etcd refuses pings more often than its
@@ -85,6 +86,8 @@ pub struct EtcdStore {
     namespace: Arc<str>,
     config: Arc<EtcdConfig>,
     lifecycle: Arc<Lifecycle>,
+    /// The one keep-alive stream every lease of this store is refreshed on.
+    keep_alives: Arc<KeepAlives>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -192,6 +195,7 @@ impl EtcdStore {
             namespace,
             config: Arc::new(config),
             lifecycle: Arc::new(Lifecycle::new()),
+            keep_alives: Arc::default(),
         })
     }
 
@@ -686,23 +690,77 @@ impl Backend for EtcdStore {
         self.lifecycle.forget_lease(lease);
     }
 
+    /// One keep-alive, sent on the store's one `LeaseKeepAlive` stream that every lease
+    /// of the store shares (opened by the first keep-alive, opened again after it breaks).
     async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
-        let refresh = |mut clients: Clients| async move {
-            // Opening the stream sends one keep-alive and checks that the lease exists;
-            // the second one reads back the TTL the server now grants.
-            let (mut keeper, mut responses) = clients.lease.keep_alive(lease.0).await?;
-            keeper.keep_alive().await?;
-            responses.message().await
+        // The policy of every write (`call` with `Resend::Write`): bounded by the request
+        // timeout, sent again at once (then with backoff) only when it never reached a
+        // member. The stream's task authenticates again by itself (keepalive.rs).
+        const OPERATION: &str = "keep_alive_lease";
+        self.lifecycle.ensure_open(BACKEND)?;
+        let deadline = self.deadline();
+        let timed_out = || Error::Timeout {
+            operation: OPERATION,
+            after: self.config.request_timeout,
         };
-        match self.call("keep_alive_lease", Resend::Write, refresh).await {
-            Ok(Some(response)) if response.ttl() > 0 => {
-                Ok(Duration::from_secs(revision(response.ttl())))
+        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let mut immediate_resends = self.config.endpoints.len();
+        loop {
+            let renewal = self.keep_alives.renew(lease.0, || Link {
+                client: self.client.clone(),
+                lease: self.clients.lease.clone(),
+                request_timeout: self.config.request_timeout,
+                shutdown: self.shutdown_token().clone(),
+            });
+            let Ok(answer) = tokio::time::timeout_at(deadline, renewal).await else {
+                return Err(timed_out());
+            };
+            let (error, unsent) = match answer {
+                Answer::Ttl(ttl) if ttl > 0 => return Ok(Duration::from_secs(revision(ttl))),
+                Answer::Ttl(_) => {
+                    return Err(Error::LeaseLost {
+                        lease,
+                        reason: LeaseLoss::Expired,
+                    });
+                }
+                Answer::Failed(error) => (
+                    for_lease(from_shared(OPERATION, &error), lease),
+                    never_sent(&error),
+                ),
+                Answer::Ended => (
+                    Error::Unavailable {
+                        backend: BACKEND,
+                        operation: OPERATION,
+                        message: "etcd ended the keep-alive stream".into(),
+                        source: None,
+                    },
+                    false,
+                ),
+                Answer::TimedOut => return Err(timed_out()),
+                Answer::Gone => {
+                    self.lifecycle.ensure_open(BACKEND)?;
+                    (
+                        Error::Unavailable {
+                            backend: BACKEND,
+                            operation: OPERATION,
+                            message: "the keep-alive task ended".into(),
+                            source: None,
+                        },
+                        false,
+                    )
+                }
+            };
+            if unsent && immediate_resends > 0 {
+                immediate_resends -= 1;
+                tracing::debug!(%error, "etcd member unreachable; trying the next one");
+                continue;
             }
-            Ok(_) => Err(Error::LeaseLost {
-                lease,
-                reason: LeaseLoss::Expired,
-            }),
-            Err(error) => Err(for_lease(error, lease)),
+            let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+            if !unsent || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, "etcd keep-alive failed; sending it again");
+            tokio::time::sleep(delay).await;
         }
     }
 

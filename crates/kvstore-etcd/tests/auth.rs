@@ -180,3 +180,38 @@ async fn a_watch_without_read_permission_is_an_auth_error() {
         .expect("the cancel arrives");
     assert!(matches!(item, Some(Err(Error::Auth { .. }))), "{item:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_keep_alive_stream_opens_again_after_the_token_expired() {
+    use kvstore_core::backend::Backend;
+    let server = server_with_auth();
+    let target: SocketAddr = server.address().parse().unwrap();
+    let proxy = TcpProxy::start(target).unwrap();
+    let store = EtcdStore::connect(root_config(proxy.address(), &unique_namespace()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let lease = Backend::grant_lease(&store, ttl).await.unwrap().id;
+
+    let_tokens_expire(&server).await;
+    // The store's first keep-alive opens its keep-alive stream with an expired token.
+    assert_eq!(Backend::keep_alive_lease(&store, lease).await.unwrap(), ttl);
+
+    let_tokens_expire(&server).await;
+    // The connection drops under the stream: the next keep-alives open a new one, with
+    // an expired token again. Only retryable failures are allowed on the way.
+    proxy.disconnect();
+    let started = std::time::Instant::now();
+    loop {
+        match Backend::keep_alive_lease(&store, lease).await {
+            Ok(refreshed) => {
+                assert_eq!(refreshed, ttl);
+                break;
+            }
+            Err(error) if error.is_retryable() && started.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("keep-alive after the token expired: {error:?}"),
+        }
+    }
+}

@@ -199,11 +199,6 @@ impl EtcdStore {
         })
     }
 
-    /// The underlying etcd client, for what kvstore does not cover.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// The etcd key a kvstore key is stored at: `{namespace}/{key}`.
     pub fn etcd_key(&self, key: &str) -> String {
         format!("{}{key}", self.root)

@@ -77,11 +77,9 @@ async fn compaction_past_a_disconnected_watcher_yields_resync_with_the_current_s
     put_retrying(&store, "cfg/b", "2").await;
     let last = put_retrying(&store, "cfg/c", "3").await;
     store.delete("cfg/a").await.unwrap();
-    let mut client = kvstore_etcd::EtcdStore::connect(EtcdConfig::new([server.address()]))
+    let mut client = etcd_client::Client::connect([server.address()], None)
         .await
-        .unwrap()
-        .client()
-        .clone();
+        .unwrap();
     let current = client.status().await.unwrap().header().unwrap().revision();
     client.compact(current, None).await.unwrap();
 

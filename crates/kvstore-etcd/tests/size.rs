@@ -33,7 +33,9 @@ fn big_key(i: usize) -> String {
 /// Write [`KEYS`] values of [`VALUE_SIZE`] bytes below `big/` with the raw client, in
 /// transactions (one put each would take minutes of fsyncs).
 async fn fill(store: &EtcdStore) {
-    let mut client: Client = store.client().clone();
+    let mut client = Client::connect([shared_etcd().address()], None)
+        .await
+        .expect("the raw client connects");
     let value = vec![b'v'; VALUE_SIZE];
     let keys: Vec<usize> = (0..KEYS).collect();
     for chunk in keys.chunks(PUTS_PER_TXN) {

@@ -39,9 +39,10 @@ discovery_tests! {
 #[tokio::test(start_paused = true)]
 async fn resync_becomes_a_diff_against_what_the_consumer_had() {
     // A one-change history ring: any burst of writes overflows it.
-    let store = MemoryStore::with_config(MemoryConfig {
-        history_capacity: 1,
-        ..MemoryConfig::default()
+    let store = MemoryStore::with_config({
+        let mut config = MemoryConfig::default();
+        config.history_capacity = 1;
+        config
     });
     let store: Arc<dyn Store> = Arc::new(store);
     let record = |id: &str, port: u16| {

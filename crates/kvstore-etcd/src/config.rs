@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = ETCD_MAX_REQUEST_BYTES - 8 * 1024;
 /// Username and password for etcd's authentication (`etcdctl user add`). Its `Debug`
 /// shows the password as `***`.
 #[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct Credentials {
     /// The etcd user.
     pub username: String,
@@ -42,8 +47,11 @@ impl std::fmt::Debug for Credentials {
 
 /// TLS settings (feature `tls`): PEM-encoded CA, and optionally a client identity. Its
 /// `Debug` shows no certificate or key bytes, only `***` where they are set.
+///
+/// `#[non_exhaustive]`: start from `TlsConfig::default()` and set fields.
 #[cfg(feature = "tls")]
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// The CA certificate(s) that signed the server's certificate, PEM.
     pub ca_pem: Vec<u8>,
@@ -53,6 +61,17 @@ pub struct TlsConfig {
     pub client_key_pem: Option<Vec<u8>>,
     /// The server name to verify, when it differs from the endpoint host.
     pub domain: Option<String>,
+}
+
+#[cfg(feature = "tls")]
+impl TlsConfig {
+    /// Trust `ca_pem` (PEM CA certificates), with no client identity.
+    pub fn with_ca(ca_pem: Vec<u8>) -> TlsConfig {
+        TlsConfig {
+            ca_pem,
+            ..TlsConfig::default()
+        }
+    }
 }
 
 #[cfg(feature = "tls")]
@@ -68,8 +87,18 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// How to reach etcd and where keys live.
+/// How to reach etcd and where keys live. Its `Debug` shows no password or key material.
+///
+/// `#[non_exhaustive]`: start from [`EtcdConfig::new`] (or [`EtcdConfig::from_url`]) and
+/// set fields. With the `serde` feature it deserializes, missing fields taking their
+/// defaults, durations written as `"10s"` or `"500ms"`; `tls` is set in code.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct EtcdConfig {
     /// `host:port` (or `http(s)://host:port`) of one or more members.
     pub endpoints: Vec<String>,
@@ -77,16 +106,26 @@ pub struct EtcdConfig {
     /// `etcdctl get {namespace}/k`. Must be a valid key. Default [`DEFAULT_NAMESPACE`].
     pub namespace: String,
     /// Time allowed to reach a server when connecting. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub connect_timeout: Duration,
     /// Deadline of each request. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub request_timeout: Duration,
     /// Username and password, when etcd has authentication enabled.
     pub credentials: Option<Credentials>,
     /// TLS, when the endpoints use https.
     #[cfg(feature = "tls")]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub tls: Option<TlsConfig>,
     /// Largest value accepted, in bytes. Default [`DEFAULT_MAX_VALUE_SIZE`].
     pub max_value_size: usize,
+}
+
+impl Default for EtcdConfig {
+    /// No endpoints (to be set) and every default.
+    fn default() -> EtcdConfig {
+        EtcdConfig::new(Vec::<String>::new())
+    }
 }
 
 impl EtcdConfig {
@@ -208,6 +247,24 @@ mod tests {
                 Ok(config) => panic!("{url}: expected an error, got {config:?}"),
             }
         }
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserializes_with_defaults_and_readable_durations() {
+        let config: EtcdConfig = serde_json::from_str(
+            r#"{"endpoints": ["h:2379"], "request_timeout": "2s",
+                "credentials": {"username": "u", "password": "p"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.endpoints, ["h:2379"]);
+        assert_eq!(config.request_timeout, Duration::from_secs(2));
+        assert_eq!(
+            config.connect_timeout,
+            EtcdConfig::default().connect_timeout
+        );
+        assert!(!format!("{config:?}").contains("\"p\""));
+        assert!(serde_json::from_str::<EtcdConfig>(r#"{"endpoint": []}"#).is_err());
     }
 
     #[test]

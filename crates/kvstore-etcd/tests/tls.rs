@@ -37,10 +37,7 @@ fn server_files(dir: &Path, ca: &CertifiedIssuer<'static, KeyPair>) -> ServerTls
 fn tls_config(server: &EtcdServer, ca_pem: String) -> EtcdConfig {
     let mut config = EtcdConfig::new([server.address()]);
     config.connect_timeout = Duration::from_secs(2);
-    config.tls = Some(TlsConfig {
-        ca_pem: ca_pem.into_bytes(),
-        ..TlsConfig::default()
-    });
+    config.tls = Some(TlsConfig::with_ca(ca_pem.into_bytes()));
     config
 }
 

@@ -25,8 +25,16 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
 /// behind gets a `Resync` instead of the store holding unbounded memory.
 pub const DEFAULT_HISTORY_CAPACITY: usize = 10_000;
 
-/// Options for [`MemoryStore::with_config`].
+/// Options for [`MemoryStore::with_config`]. `#[non_exhaustive]`: start from
+/// `MemoryConfig::default()` and set fields. With the `serde` feature it deserializes,
+/// missing fields taking their defaults.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct MemoryConfig {
     /// The root prefix of the handle's keys; handles with different namespaces on one
     /// store never see each other's keys. Default: empty.

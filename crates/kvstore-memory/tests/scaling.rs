@@ -348,9 +348,10 @@ fn reads_proceed_while_another_thread_holds_a_read() {
 /// overflow the history ring: it lost nothing. Its next change arrives as an event.
 #[tokio::test(start_paused = true)]
 async fn an_idle_watcher_does_not_resync_when_unrelated_writes_overflow_history() {
-    let store = MemoryStore::with_config(MemoryConfig {
-        history_capacity: 4,
-        ..MemoryConfig::default()
+    let store = MemoryStore::with_config({
+        let mut config = MemoryConfig::default();
+        config.history_capacity = 4;
+        config
     });
     let mut events = store
         .watch_prefix_events("quiet", WatchFrom::Snapshot)
@@ -381,9 +382,10 @@ async fn an_idle_watcher_does_not_resync_when_unrelated_writes_overflow_history(
 /// the full state, then live events: nothing is lost silently.
 #[tokio::test(start_paused = true)]
 async fn a_watcher_whose_own_change_left_history_resyncs() {
-    let store = MemoryStore::with_config(MemoryConfig {
-        history_capacity: 4,
-        ..MemoryConfig::default()
+    let store = MemoryStore::with_config({
+        let mut config = MemoryConfig::default();
+        config.history_capacity = 4;
+        config
     });
     let mut events = store
         .watch_prefix_events("mine", WatchFrom::Snapshot)
@@ -429,9 +431,10 @@ async fn a_watcher_whose_own_change_left_history_resyncs() {
 /// keys, as a `Resync`, since the ring could not hold the deletes.
 #[tokio::test(start_paused = true)]
 async fn a_write_larger_than_the_history_ring_reaches_its_watchers() {
-    let store = MemoryStore::with_config(MemoryConfig {
-        history_capacity: 4,
-        ..MemoryConfig::default()
+    let store = MemoryStore::with_config({
+        let mut config = MemoryConfig::default();
+        config.history_capacity = 4;
+        config
     });
     for i in 0..10 {
         store

@@ -28,8 +28,17 @@ pub const SCHEME: &str = "zookeeper";
 
 /// How to reach the ensemble and where keys live.
 ///
-/// Its `Debug` shows the password as `***`.
+/// Its `Debug` shows the password as `***`. `#[non_exhaustive]`: start from
+/// [`ZooKeeperConfig::new`] (or [`ZooKeeperConfig::from_url`]) and set fields. With the
+/// `serde` feature it deserializes, missing fields taking their defaults, durations
+/// written as `"10s"` or `"500ms"`.
 #[derive(Clone)]
+#[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct ZooKeeperConfig {
     /// The ensemble, `host:port[,host:port...]` (ZooKeeper's connect string, without a
     /// chroot).
@@ -42,10 +51,13 @@ pub struct ZooKeeperConfig {
     /// user can read or write it.
     pub credentials: Option<(String, String)>,
     /// Time allowed to establish a session. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub connect_timeout: Duration,
     /// Deadline of each call. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub request_timeout: Duration,
     /// ZooKeeper session timeout asked of the ensemble. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub session_timeout: Duration,
     /// Largest value accepted, in bytes. Default 480 KiB; raise it only for an ensemble
     /// whose `jute.maxbuffer` is larger than 1 MiB (to at most half of it, less 32 KiB).
@@ -69,6 +81,13 @@ impl std::fmt::Debug for ZooKeeperConfig {
             .field("max_value_size", &self.max_value_size)
             .field("log_max_len", &self.log_max_len)
             .finish()
+    }
+}
+
+impl Default for ZooKeeperConfig {
+    /// No hosts (to be set) and every default.
+    fn default() -> ZooKeeperConfig {
+        ZooKeeperConfig::new("")
     }
 }
 
@@ -174,6 +193,17 @@ impl ZooKeeperConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserializes_with_defaults_and_readable_durations() {
+        let config: ZooKeeperConfig =
+            serde_json::from_str(r#"{"hosts": "h:2181", "session_timeout": "4s"}"#).unwrap();
+        assert_eq!(config.hosts, "h:2181");
+        assert_eq!(config.session_timeout, Duration::from_secs(4));
+        assert_eq!(config.namespace, DEFAULT_NAMESPACE);
+        assert!(serde_json::from_str::<ZooKeeperConfig>(r#"{"host": "h:2181"}"#).is_err());
+    }
 
     #[test]
     fn urls_name_hosts_namespace_and_options() {

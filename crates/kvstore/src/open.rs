@@ -253,10 +253,7 @@ async fn open_etcd(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     }
     #[cfg(feature = "tls")]
     if let Some(ca) = &options.ca_pem {
-        config.tls = Some(kvstore_etcd::TlsConfig {
-            ca_pem: ca.clone(),
-            ..Default::default()
-        });
+        config.tls = Some(kvstore_etcd::TlsConfig::with_ca(ca.clone()));
     }
     Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?))
 }

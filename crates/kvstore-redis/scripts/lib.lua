@@ -18,7 +18,8 @@
 -- scalar reply, 0.6-0.8 µs for an array reply or a write, on top of the command), and
 -- string.format / tonumber about 0.15 µs each; the hot path (a put) makes as few of
 -- both as it can: no TIME unless a lease exists (or fresh data needs a seed), one
--- formatted revision, the log entry's arguments passed straight through.
+-- formatted revision, the log entry's arguments passed straight through. Scripts that
+-- need none of this prelude (lease_grant, lease_alive) are standalone.
 --
 -- Layout (see the crate docs):
 --   {ns}:rev                 global revision counter (INCR)
@@ -28,6 +29,7 @@
 --   {ns}:log                 stream of changes; entry id "<revision>-<n>"
 --   {ns}:leases              sorted set: lease id -> deadline (ms, Redis server clock)
 --   {ns}:lease-ttl           hash: lease id -> TTL (ms)
+--   {ns}:lease-next          exists while no lease is due (see the end of this file)
 --   {ns}:lease:<id>          set of "<area>\0<key>" attached to the lease
 
 local P = string.sub(KEYS[1], 1, -4)
@@ -209,12 +211,17 @@ local function load_reads()
     return ''
   end
 
-  -- The keys of `area` starting with `start` ('' for all), in key order.
-  keys_from = function(area, start)
-    if start == '' then
-      return redis.call('ZRANGEBYLEX', index_key(area), '-', '+')
+  -- The keys of `area` starting with `start` ('' for all), in key order; only those
+  -- after the key `after` when it is given (and not ''), and at most `limit` of them
+  -- when it is given (and above 0).
+  keys_from = function(area, start, after, limit)
+    local min, max = '-', '+'
+    if start ~= '' then min, max = '[' .. start, '(' .. start .. '\255' end
+    if after and after ~= '' then min = '(' .. after end
+    if limit and limit > 0 then
+      return redis.call('ZRANGEBYLEX', index_key(area), min, max, 'LIMIT', 0, limit)
     end
-    return redis.call('ZRANGEBYLEX', index_key(area), '[' .. start, '(' .. start .. '\255')
+    return redis.call('ZRANGEBYLEX', index_key(area), min, max)
   end
 
   -- {key, value, revision, create_revision, lease} of a key, or nil.
@@ -226,14 +233,31 @@ local function load_reads()
 end
 
 -- Expire every lease whose deadline has passed, earliest first, each at its own
--- revision; so no script ever reads a key whose lease has expired. Without leases that
--- is one ZCARD (no TIME); with leases none of which is due, TIME and a ZCOUNT.
-if redis.call('ZCARD', LEASES) > 0 then
-  local now = int(clock())
-  if redis.call('ZCOUNT', LEASES, '-inf', now) > 0 then
+-- revision; so no script ever reads a key whose lease has expired.
+--
+-- The common case, nothing due, is one EXISTS of LEASE_NEXT, a key that expires (on the
+-- server's clock, which Redis holds still for the length of a script) a millisecond
+-- before the earliest lease deadline, or after NEXT_CHECK_MS when that is sooner. While
+-- it exists no lease is due: a grant lowers its expiry to the new lease's deadline, and
+-- nothing else makes a deadline earlier (a keep-alive moves one later, a revoke removes
+-- one). Once it is gone a script looks for due leases with the clock (TIME, then the
+-- sorted set), expires them, and sets it again. The bound NEXT_CHECK_MS limits what a
+-- writer that does not keep it (an older version of this code granting a lease) can
+-- delay: expiry by these scripts, never `get`, which checks a key's lease itself.
+local LEASE_NEXT = P .. 'lease-next'
+local NEXT_CHECK_MS = 250
+if redis.call('EXISTS', LEASE_NEXT) == 0 then
+  local now = clock()
+  local earliest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+  if earliest[2] and tonumber(earliest[2]) <= now then
     load_deletes()
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', int(now))) do
       revoke(id)
     end
+    earliest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
   end
+  local next_check = now + NEXT_CHECK_MS
+  if earliest[2] then next_check = math.min(next_check, tonumber(earliest[2]) - 1) end
+  -- At or before now this deletes it at once: the next script looks again.
+  redis.call('SET', LEASE_NEXT, '1', 'PXAT', int(next_check))
 end

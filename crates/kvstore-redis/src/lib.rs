@@ -4,7 +4,7 @@
 //! shortcuts of libkv's and valkeyrie's Redis stores (a clock reading as "revision",
 //! keyspace notifications that lose events on every disconnect, unescaped `SCAN MATCH`):
 //!
-//! - **Every operation is one Lua script** (loaded once, called by SHA) that expires due
+//! - **Every write is one Lua script** (loaded once, called by SHA) that expires due
 //!   leases, checks, logs the change to a Redis Stream (`XADD … MAXLEN ~`), then writes
 //!   and moves the global revision counter. CAS, create-only, atomic delete and
 //!   `delete_tree` are atomic, and one operation has one revision. A script checks
@@ -16,10 +16,21 @@
 //!   entry it saw, so nothing is lost. Each
 //!   entry names the revision before it, so a trimmed gap (even inside one revision with
 //!   more keys than the stream keeps) is detected and answered with a `Resync`.
+//! - **Prefix reads** (`list`, watch snapshots and resyncs) go in pages of at most 1,000
+//!   keys (or 4 MiB), one script call each, so a 100,000-key list never blocks the
+//!   server for more than a page. Each page returns the store's revision; when writes
+//!   came between two pages, the change log entries in between are applied to the keys
+//!   already read, so the result is exactly the range at the last page's revision. When
+//!   the log cannot tell (trimmed, rolled back, data lost) the read starts again, and
+//!   after a few attempts reads the range in one call.
 //! - **Leases** are a sorted set of deadlines on the Redis server's clock (`TIME`); every
-//!   script first expires due leases (deleting their keys and logging the deletes), and a
-//!   background reaper does so every [`REAP_INTERVAL`], so watchers see expiry like any
-//!   delete and reads never return an expired key. TTLs have millisecond granularity.
+//!   script first expires due leases (deleting their keys and logging the deletes; while
+//!   none is due that is one `EXISTS` of a key that expires before the earliest deadline
+//!   does, and no `TIME`), and a background reaper does
+//!   so every [`REAP_INTERVAL`], so watchers see expiry like any delete and reads never
+//!   return an expired key. TTLs have millisecond granularity. A grant is one small
+//!   standalone script; a TTL put is a grant and a put (two round trips: the lease must
+//!   exist on the server before its id is handed out).
 //!
 //! ## Deployments
 //!
@@ -62,6 +73,7 @@
 //! | `{ns}:log` | stream | the changes, id `<revision>-<n>`, with `prev` and `tip` |
 //! | `{ns}:leases` | sorted set | lease id → deadline (ms) |
 //! | `{ns}:lease-ttl` | hash | lease id → TTL (ms) |
+//! | `{ns}:lease-next` | string | exists (expiring just before the earliest deadline, or within 250 ms) only while no lease is due |
 //! | `{ns}:lease:<id>` | set | the keys attached to a lease |
 //! | `{ns}:lock:…` | | lock waiter keys, outside the user keys |
 //!
@@ -84,6 +96,7 @@ mod config;
 mod connection;
 mod error;
 mod feed;
+mod range;
 mod scripts;
 mod store;
 mod topology;

@@ -1,6 +1,8 @@
 //! The Lua scripts, each the shared prelude (`scripts/lib.lua`) followed by its own
-//! body (except the read-only `lease_alive`). `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading
-//! it again only if the server answers `NOSCRIPT` (after a restart).
+//! body, except the standalone `lease_alive` (a read must not write) and `lease_grant`
+//! (which needs nothing of the prelude, so a TTL put's grant stays one cheap command).
+//! `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading it again
+//! only if the server answers `NOSCRIPT` (after a restart).
 
 use redis::{Script, Value};
 
@@ -20,6 +22,8 @@ pub(crate) struct Scripts {
     pub put: Script,
     pub delete: Script,
     pub delete_prefix: Script,
+    /// Standalone: `KEYS` are the leases sorted set, the lease TTL hash and the key
+    /// that exists while no lease is due.
     pub lease_grant: Script,
     pub lease_keep_alive: Script,
     pub lease_revoke: Script,
@@ -36,7 +40,7 @@ impl Scripts {
             put: script!("put"),
             delete: script!("delete"),
             delete_prefix: script!("delete_prefix"),
-            lease_grant: script!("lease_grant"),
+            lease_grant: Script::new(include_str!("../scripts/lease_grant.lua")),
             lease_keep_alive: script!("lease_keep_alive"),
             lease_revoke: script!("lease_revoke"),
             txn: script!("txn"),

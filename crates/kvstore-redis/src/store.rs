@@ -123,11 +123,9 @@ impl RedisStore {
             async move {
                 let reaped = run_script(
                     &connection,
-                    &scripts.reap,
-                    &revision_key,
+                    &invocation(&scripts.reap, &revision_key, &config, &[]),
                     &config,
                     ("reap", Retry::Idempotent),
-                    &[],
                 )
                 .await;
                 if let Err(error) = reaped {
@@ -142,6 +140,11 @@ impl RedisStore {
     /// `redis-cli HGET '{namespace}:kv:k:KEY' value`.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{{{}}}:{}:k:{key}", self.config.namespace, self.area)
+    }
+
+    /// The sorted set of lease deadlines: `{namespace}:leases`.
+    fn leases_key(&self) -> String {
+        format!("{{{}}}:leases", self.config.namespace)
     }
 
     /// The change stream of this store: `{namespace}:log`.
@@ -174,11 +177,9 @@ impl RedisStore {
         self.lifecycle.ensure_open(BACKEND)?;
         run_script(
             &self.connection,
-            script,
-            &self.revision_key,
+            &invocation(script, &self.revision_key, &self.config, args),
             &self.config,
             (operation, Retry::Idempotent),
-            args,
         )
         .await
     }
@@ -194,11 +195,9 @@ impl RedisStore {
         self.lifecycle.ensure_open(BACKEND)?;
         run_write_script(
             &self.connection,
-            script,
-            &self.revision_key,
+            &invocation(script, &self.revision_key, &self.config, args),
             &self.config,
             (operation, retry),
-            args,
         )
         .await
     }
@@ -215,43 +214,6 @@ impl RedisStore {
             lease,
         })
     }
-
-    /// Read a key or everything below a prefix atomically: the pairs, the revision read
-    /// at and the data's epoch.
-    pub(crate) async fn read(&self, target: &WatchTarget) -> Result<RangeRead> {
-        let (mode, start) = match target {
-            WatchTarget::Key(key) => ("key", key.to_string()),
-            WatchTarget::Prefix(prefix) => ("prefix", prefix.key_start()),
-        };
-        let reply = self
-            .run(
-                "range",
-                &self.scripts.range,
-                &[self.area.as_bytes(), mode.as_bytes(), start.as_bytes()],
-            )
-            .await?;
-        let bad = || unexpected("range", format!("unexpected reply {reply:?}"));
-        let items = reply.items().ok_or_else(bad)?;
-        let revision = items.first().and_then(Reply::int).ok_or_else(bad)?;
-        let epoch = items.get(1).and_then(Reply::text).ok_or_else(bad)?;
-        let tip = items.get(2).and_then(Reply::text).ok_or_else(bad)?;
-        let pairs = items.iter().skip(3).filter_map(RedisStore::pair).collect();
-        Ok(RangeRead {
-            pairs,
-            revision: u64::try_from(revision).unwrap_or(0),
-            epoch,
-            tip,
-        })
-    }
-}
-
-/// What [`RedisStore::read`] returns.
-pub(crate) struct RangeRead {
-    pub pairs: Vec<KvPair>,
-    pub revision: u64,
-    pub epoch: String,
-    /// The tip of the change log entries of `revision` ('' when none is logged).
-    pub tip: String,
 }
 
 /// The deployment `config.url` names, with every connection's TCP settings and timeouts.
@@ -354,13 +316,10 @@ pub(crate) enum Retry {
 
 async fn run_script(
     connection: &Connection,
-    script: &Script,
-    revision_key: &str,
+    invocation: &redis::ScriptInvocation<'_>,
     config: &RedisConfig,
     (operation, retry): (&'static str, Retry),
-    args: &[&[u8]],
 ) -> Result<Value> {
-    let invocation = &invocation(script, revision_key, config, args);
     let run = |mut connection: crate::connection::Link| async move {
         invocation.invoke_async(&mut connection).await
     };
@@ -371,6 +330,8 @@ async fn run_script(
     outcome.map_err(|e| from_redis(operation, e, config.response_timeout))
 }
 
+/// A call of a script with the prelude: the revision counter as its one key, then the
+/// common arguments (epoch candidate, stream bound), then `args`.
 fn invocation<'a>(
     script: &'a Script,
     revision_key: &str,
@@ -390,23 +351,19 @@ fn invocation<'a>(
 /// write fewer replicas acknowledged is `Unavailable`.
 async fn run_write_script(
     connection: &Connection,
-    script: &Script,
-    revision_key: &str,
+    invocation: &redis::ScriptInvocation<'_>,
     config: &RedisConfig,
     (operation, retry): (&'static str, Retry),
-    args: &[&[u8]],
 ) -> Result<Value> {
     if config.wait_replicas == 0 {
-        let what = (operation, retry);
-        return run_script(connection, script, revision_key, config, what, args).await;
+        return run_script(connection, invocation, config, (operation, retry)).await;
     }
     let failed = |e| from_redis(operation, e, config.response_timeout);
-    let invocation = invocation(script, revision_key, config, args);
     let wait_ms = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut loaded = false;
     let (reply, acknowledged): (Value, u32) = loop {
         let pipeline = &redis::pipe()
-            .invoke_script(&invocation)
+            .invoke_script(invocation)
             .cmd("WAIT")
             .arg(config.wait_replicas)
             .arg(wait_ms)
@@ -420,7 +377,6 @@ async fn run_write_script(
                 if !loaded
                     && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                let invocation = &invocation;
                 connection
                     .run(|mut connection| async move {
                         invocation.load_async(&mut connection).await
@@ -536,10 +492,7 @@ impl Backend for RedisStore {
             return Ok(None);
         };
         if let Some(lease) = lease {
-            let mut check = self
-                .scripts
-                .lease_alive
-                .key(format!("{{{}}}:leases", self.config.namespace));
+            let mut check = self.scripts.lease_alive.key(self.leases_key());
             check.arg(lease);
             let check = &check;
             let alive: i64 = self
@@ -680,6 +633,13 @@ impl Backend for RedisStore {
     /// Lease ids are random 63-bit numbers drawn here, never a counter: a counter starts
     /// again after Redis loses its data, and a holder's keep-alive would then refresh
     /// (or its revoke delete) another client's lease. An unknown id is `LeaseLost`.
+    ///
+    /// One round trip of one cheap command: the standalone `lease_grant` script (`TIME`,
+    /// `ZADD NX`, `HSET`, and `PTTL` of the key that says no lease is due, lowered when
+    /// this lease is due sooner), without the prelude the other scripts run. It cannot be
+    /// skipped, not even for the lease behind a TTL put: the id is the caller's as soon
+    /// as this returns and may be handed to another client, whose keep-alive must then
+    /// find the lease (and whose revoke must end it) on the server.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         /// Draws of a taken id in a row before giving up: with 63-bit ids, a second one
         /// means something is wrong.
@@ -691,13 +651,20 @@ impl Backend for RedisStore {
                     .unwrap_or(1)
                     .max(1),
             );
-            let reply = self
-                .run_write(
-                    ("grant_lease", Retry::Once),
-                    &self.scripts.lease_grant,
-                    &[millis.to_string().as_bytes(), id.0.to_string().as_bytes()],
-                )
-                .await?;
+            self.lifecycle.ensure_open(BACKEND)?;
+            let mut invocation = self.scripts.lease_grant.key(self.leases_key());
+            invocation
+                .key(format!("{{{}}}:lease-ttl", self.config.namespace))
+                .key(format!("{{{}}}:lease-next", self.config.namespace))
+                .arg(millis)
+                .arg(id.0);
+            let reply = run_write_script(
+                &self.connection,
+                &invocation,
+                &self.config,
+                ("grant_lease", Retry::Once),
+            )
+            .await?;
             let items = reply.items().unwrap_or_default();
             match items.first().and_then(Reply::text).as_deref() {
                 Some("ok") => {

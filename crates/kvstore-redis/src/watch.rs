@@ -48,17 +48,18 @@ enum Start {
     Events,
 }
 
-/// One parsed stream entry.
-struct Entry {
-    revision: u64,
+/// One parsed change log entry.
+pub(crate) struct Entry {
+    pub(crate) revision: u64,
     /// Its place among the entries of its revision, from 0.
-    seq: usize,
-    /// The revision before it (the one a watcher must be at to read on from it).
-    prev: u64,
-    entries_in_revision: usize,
+    pub(crate) seq: usize,
+    /// The revision before it (the one a reader must be at to read on from it).
+    pub(crate) prev: u64,
+    pub(crate) entries_in_revision: usize,
     /// The random id of the script call that wrote it.
-    tip: String,
-    event: Option<WatchEvent>,
+    pub(crate) tip: String,
+    /// Its change, when it is to a key of the area and target asked about.
+    pub(crate) event: Option<WatchEvent>,
 }
 
 struct Watcher {
@@ -330,49 +331,54 @@ impl Watcher {
     }
 
     fn parse(&self, id: &StreamId) -> Result<Entry> {
-        let bad =
-            |what: &str| unexpected("watch", format!("malformed stream entry {}: {what}", id.id));
-        let (revision, seq) = id
-            .id
-            .split_once('-')
-            .and_then(|(r, n)| Some((r.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
-            .ok_or_else(|| bad("id"))?;
-        let text = |field: &str| id.get::<String>(field);
-        let entries_in_revision = text("entries")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| bad("entries"))?;
-        let area = text("area").ok_or_else(|| bad("area"))?;
-        let key = text("key").ok_or_else(|| bad("key"))?;
-        let event = if area != self.store.area || !self.target.matches(&key) {
-            None
-        } else if text("op").as_deref() == Some("put") {
-            let value: Vec<u8> = id.get("value").ok_or_else(|| bad("value"))?;
-            let create_revision = text("create_revision")
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| bad("create_revision"))?;
-            let lease = text("lease")
-                .and_then(|l| l.parse::<i64>().ok())
-                .map(LeaseId);
-            Some(WatchEvent::Put(KvPair {
-                key,
-                value: Bytes::from(value),
-                revision,
-                create_revision,
-                lease,
-            }))
-        } else {
-            Some(WatchEvent::Delete { key, revision })
-        };
-        let prev = text("prev")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(revision.saturating_sub(1));
-        Ok(Entry {
-            revision,
-            seq,
-            prev,
-            entries_in_revision,
-            tip: text("tip").unwrap_or_default(),
-            event,
-        })
+        parse_entry(id, self.store.area, &self.target)
     }
+}
+
+/// Parse change log entry `id`; its `event` is set only for a key of `area` that
+/// `target` matches. A malformed entry is an error naming what is wrong with it.
+pub(crate) fn parse_entry(id: &StreamId, area: &str, target: &WatchTarget) -> Result<Entry> {
+    let bad = |what: &str| unexpected("watch", format!("malformed stream entry {}: {what}", id.id));
+    let (revision, seq) = id
+        .id
+        .split_once('-')
+        .and_then(|(r, n)| Some((r.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
+        .ok_or_else(|| bad("id"))?;
+    let text = |field: &str| id.get::<String>(field);
+    let entries_in_revision = text("entries")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad("entries"))?;
+    let entry_area = text("area").ok_or_else(|| bad("area"))?;
+    let key = text("key").ok_or_else(|| bad("key"))?;
+    let event = if entry_area != area || !target.matches(&key) {
+        None
+    } else if text("op").as_deref() == Some("put") {
+        let value: Vec<u8> = id.get("value").ok_or_else(|| bad("value"))?;
+        let create_revision = text("create_revision")
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("create_revision"))?;
+        let lease = text("lease")
+            .and_then(|l| l.parse::<i64>().ok())
+            .map(LeaseId);
+        Some(WatchEvent::Put(KvPair {
+            key,
+            value: Bytes::from(value),
+            revision,
+            create_revision,
+            lease,
+        }))
+    } else {
+        Some(WatchEvent::Delete { key, revision })
+    };
+    let prev = text("prev")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(revision.saturating_sub(1));
+    Ok(Entry {
+        revision,
+        seq,
+        prev,
+        entries_in_revision,
+        tip: text("tip").unwrap_or_default(),
+        event,
+    })
 }

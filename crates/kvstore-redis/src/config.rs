@@ -26,8 +26,17 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How to reach Redis and where keys live.
 ///
 /// Its `Debug` shows the URL with the password replaced by `***` ([`redact_url`]) and no
-/// certificate bytes.
+/// certificate bytes. `#[non_exhaustive]`: start from [`RedisConfig::new`] (or
+/// [`RedisConfig::from_url`]) and set fields. With the `serde` feature it deserializes,
+/// missing fields taking their defaults, durations written as `"5s"` or `"500ms"`;
+/// `ca_pem` is set in code.
 #[derive(Clone)]
+#[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS),
     /// `redis+cluster://host:port[,host:port...]` or
@@ -38,8 +47,10 @@ pub struct RedisConfig {
     /// without `{`/`}`. Default [`DEFAULT_NAMESPACE`].
     pub namespace: String,
     /// Time allowed to connect. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub connect_timeout: Duration,
     /// Deadline of each request. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub response_timeout: Duration,
     /// Approximate length the change stream is trimmed to. Default 100,000.
     pub stream_max_len: u64,
@@ -54,6 +65,7 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// How long a write waits for [`RedisConfig::wait_replicas`]. Must be shorter than
     /// the response timeout. Default [`DEFAULT_WAIT_TIMEOUT`].
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait_timeout: Duration,
     /// Refuse to connect unless the server's `maxmemory-policy` is `noeviction`. An
     /// evicting policy can silently drop keys (data, leases, the revision counter) under
@@ -64,7 +76,15 @@ pub struct RedisConfig {
     /// PEM CA certificate to trust for `rediss://` (feature `tls`); the system roots
     /// otherwise.
     #[cfg(feature = "tls")]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for RedisConfig {
+    /// `redis://127.0.0.1:6379` and every default.
+    fn default() -> RedisConfig {
+        RedisConfig::new("redis://127.0.0.1:6379")
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -253,6 +273,20 @@ impl RedisConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserializes_with_defaults_and_readable_durations() {
+        let config: RedisConfig = serde_json::from_str(
+            r#"{"url": "redis://h:6379/2", "response_timeout": "750ms", "wait_replicas": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(config.url, "redis://h:6379/2");
+        assert_eq!(config.response_timeout, Duration::from_millis(750));
+        assert_eq!(config.wait_replicas, 1);
+        assert_eq!(config.namespace, DEFAULT_NAMESPACE);
+        assert!(serde_json::from_str::<RedisConfig>(r#"{"uri": "redis://h"}"#).is_err());
+    }
 
     #[test]
     fn credentials_replace_those_of_any_url_form() {

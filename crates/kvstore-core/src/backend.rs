@@ -121,8 +121,41 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Err(unsupported(self, "revoke_lease"))
     }
 
+    /// Write `value` at `key` if `condition` holds, attached to a fresh lease of `ttl`
+    /// (already validated, rounded up to the backend's granularity) that is not kept
+    /// alive: a TTL put ([`crate::PutOptions::with_ttl`]), as etcd clientv3's `Grant`
+    /// then `Put` with `WithLease`. The returned pair's `lease` is the new lease, which
+    /// is detached: not kept alive, and not revoked by [`Backend::close`], as libkv's TTL
+    /// keys outlive the session that wrote them. A failed condition (or any error)
+    /// leaves no lease behind, or one that expires by itself within `ttl`.
+    ///
+    /// The default is two round trips: [`Backend::grant_lease`], [`Backend::put`] on
+    /// the new lease, then [`Backend::detach_lease`] on success or a best-effort
+    /// [`Backend::revoke_lease`] on failure. A backend that can create the lease and
+    /// write the key in one request (Redis: one script) overrides it; that is exact
+    /// because the lease id is not visible to anyone until the put returns.
+    async fn put_with_ttl(
+        &self,
+        key: &Key,
+        value: Bytes,
+        condition: Condition,
+        ttl: Duration,
+    ) -> Result<KvPair> {
+        let grant = Backend::grant_lease(self, ttl).await?;
+        let written = Backend::put(self, key, value, condition, Some(grant.id)).await;
+        match &written {
+            Ok(_) => Backend::detach_lease(self, grant.id),
+            // Best effort: an unused lease expires by itself anyway.
+            Err(_) => {
+                let _ = Backend::revoke_lease(self, grant.id).await;
+            }
+        }
+        written
+    }
+
     /// Stop treating `lease` as owned by this handle, so [`Backend::close`] will not
-    /// revoke it. Core calls it for the lease behind a TTL put, which must outlive the
+    /// revoke it. The default [`Backend::put_with_ttl`] and core's transactions call it
+    /// for the lease behind a TTL put, which must outlive the
     /// handle that wrote the key (libkv's TTL keys are not tied to a session). The
     /// default does nothing, for backends that do not track their leases.
     fn detach_lease(&self, lease: LeaseId) {

@@ -207,7 +207,7 @@ fn check_ttl<B: Backend>(backend: &B, ttl: Duration, operation: &'static str) ->
 }
 
 /// Validated write with options: a TTL becomes a fresh lease that is not kept alive
-/// (as libkv's etcd v3 store did), revoked again if the write fails.
+/// (as libkv's etcd v3 store did), written by [`Backend::put_with_ttl`].
 async fn write_with_options<B: Backend>(
     backend: &B,
     operation: &'static str,
@@ -226,16 +226,7 @@ async fn write_with_options<B: Backend>(
         return Backend::put(backend, &key, value, condition, options.lease).await;
     };
     check_ttl(backend, ttl, operation)?;
-    let grant = Backend::grant_lease(backend, ttl).await?;
-    let written = Backend::put(backend, &key, value, condition, Some(grant.id)).await;
-    match &written {
-        Ok(_) => backend.detach_lease(grant.id),
-        // Best effort: an unused lease expires by itself anyway.
-        Err(_) => {
-            let _ = Backend::revoke_lease(backend, grant.id).await;
-        }
-    }
-    written
+    Backend::put_with_ttl(backend, &key, value, condition, ttl).await
 }
 
 #[async_trait]

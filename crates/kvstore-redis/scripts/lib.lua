@@ -238,9 +238,9 @@ end
 -- The common case, nothing due, is one EXISTS of LEASE_NEXT, a key that expires (on the
 -- server's clock, which Redis holds still for the length of a script) a millisecond
 -- before the earliest lease deadline, or after NEXT_CHECK_MS when that is sooner. While
--- it exists no lease is due: a grant lowers its expiry to the new lease's deadline, and
--- nothing else makes a deadline earlier (a keep-alive moves one later, a revoke removes
--- one). Once it is gone a script looks for due leases with the clock (TIME, then the
+-- it exists no lease is due: a grant (or the new lease of a TTL put) lowers its expiry
+-- to the new lease's deadline, and nothing else makes a deadline earlier (a keep-alive
+-- moves one later, a revoke removes one). Once it is gone a script looks for due leases with the clock (TIME, then the
 -- sorted set), expires them, and sets it again. The bound NEXT_CHECK_MS limits what a
 -- writer that does not keep it (an older version of this code granting a lease) can
 -- delay: expiry by these scripts, never `get`, which checks a key's lease itself.

@@ -29,8 +29,9 @@
 //!   does, and no `TIME`), and a background reaper does
 //!   so every [`REAP_INTERVAL`], so watchers see expiry like any delete and reads never
 //!   return an expired key. TTLs have millisecond granularity. A grant is one small
-//!   standalone script; a TTL put is a grant and a put (two round trips: the lease must
-//!   exist on the server before its id is handed out).
+//!   standalone script; a TTL put is one round trip, the put script creating the key's
+//!   lease at the write's revision (only if the write happens: nobody sees the id
+//!   before the put returns).
 //!
 //! ## Deployments
 //!

@@ -1,6 +1,7 @@
 //! The Lua scripts, each the shared prelude (`scripts/lib.lua`) followed by its own
 //! body, except the standalone `lease_alive` (a read must not write) and `lease_grant`
-//! (which needs nothing of the prelude, so a TTL put's grant stays one cheap command).
+//! (which needs nothing of the prelude, so a grant stays one cheap command; a TTL put
+//! creates its lease inside the put script instead).
 //! `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading it again
 //! only if the server answers `NOSCRIPT` (after a restart).
 

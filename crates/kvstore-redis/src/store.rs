@@ -436,6 +436,99 @@ async fn check_eviction_policy(
     Ok(())
 }
 
+/// Draws of a taken lease id in a row before giving up: with 63-bit ids, a second one
+/// means something is wrong.
+const MAX_DRAWS: usize = 3;
+
+/// A fresh lease id: a random 63-bit number, never 0. Random rather than a counter, so
+/// an id can never alias another client's lease, even after Redis lost its data.
+fn random_lease_id() -> LeaseId {
+    LeaseId(
+        i64::try_from(rand::random::<u64>() >> 1)
+            .unwrap_or(1)
+            .max(1),
+    )
+}
+
+/// A lease TTL in whole milliseconds (Redis's granularity), at least 1.
+fn lease_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// What the put script did.
+enum Written {
+    Pair(KvPair),
+    /// The new lease's id is in use: nothing was written; draw another.
+    LeaseTaken,
+}
+
+impl RedisStore {
+    /// Run `scripts/put.lua`: write `value` at `key` if `condition` holds, on `lease`;
+    /// with `new_lease_ttl` (ms), `lease` is a new lease the script creates with that
+    /// TTL, only if the write happens.
+    async fn put_script(
+        &self,
+        key: &Key,
+        value: Bytes,
+        condition: Condition,
+        lease: Option<LeaseId>,
+        new_lease_ttl: Option<u64>,
+    ) -> Result<Written> {
+        let (condition_name, expected) = condition_args(condition);
+        let lease_arg = lease.map(|l| l.0.to_string()).unwrap_or_default();
+        let ttl_arg = new_lease_ttl.map(|ms| ms.to_string());
+        let mut args: Vec<&[u8]> = vec![
+            self.area.as_bytes(),
+            key.as_str().as_bytes(),
+            &value,
+            condition_name.as_bytes(),
+            expected.as_bytes(),
+            lease_arg.as_bytes(),
+        ];
+        if let Some(ttl) = &ttl_arg {
+            args.push(ttl.as_bytes());
+        }
+        let reply = self
+            .run_write(("put", Retry::Once), &self.scripts.put, &args)
+            .await?;
+        let bad = || unexpected("put", format!("unexpected reply {reply:?}"));
+        let items = reply.items().ok_or_else(bad)?;
+        let status = items.first().and_then(Reply::text).ok_or_else(bad)?;
+        let number = |i: usize| {
+            items
+                .get(i)
+                .and_then(Reply::int)
+                .and_then(|n| u64::try_from(n).ok())
+        };
+        match status.as_str() {
+            "ok" => Ok(Written::Pair(KvPair {
+                key: key.to_string(),
+                value,
+                revision: number(1).ok_or_else(bad)?,
+                create_revision: number(2).ok_or_else(bad)?,
+                lease,
+            })),
+            "taken" if new_lease_ttl.is_some() => Ok(Written::LeaseTaken),
+            "exists" => Err(Error::KeyExists {
+                key: key.to_string(),
+            }),
+            "not_found" => Err(Error::KeyNotFound {
+                key: key.to_string(),
+            }),
+            "modified" => Err(Error::KeyModified {
+                key: key.to_string(),
+                expected: expected.parse().unwrap_or(0),
+                actual: number(1).unwrap_or(0),
+            }),
+            "no_lease" => Err(Error::LeaseLost {
+                lease: lease.unwrap_or(LeaseId(0)),
+                reason: LeaseLoss::Expired,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 fn condition_args(condition: Condition) -> (&'static str, String) {
     match condition {
         Condition::Always => ("always", String::new()),
@@ -526,56 +619,40 @@ impl Backend for RedisStore {
         condition: Condition,
         lease: Option<LeaseId>,
     ) -> Result<KvPair> {
-        let (condition_name, expected) = condition_args(condition);
-        let lease_arg = lease.map(|l| l.0.to_string()).unwrap_or_default();
-        let reply = self
-            .run_write(
-                ("put", Retry::Once),
-                &self.scripts.put,
-                &[
-                    self.area.as_bytes(),
-                    key.as_str().as_bytes(),
-                    &value,
-                    condition_name.as_bytes(),
-                    expected.as_bytes(),
-                    lease_arg.as_bytes(),
-                ],
-            )
-            .await?;
-        let bad = || unexpected("put", format!("unexpected reply {reply:?}"));
-        let items = reply.items().ok_or_else(bad)?;
-        let status = items.first().and_then(Reply::text).ok_or_else(bad)?;
-        let number = |i: usize| {
-            items
-                .get(i)
-                .and_then(Reply::int)
-                .and_then(|n| u64::try_from(n).ok())
-        };
-        match status.as_str() {
-            "ok" => Ok(KvPair {
-                key: key.to_string(),
-                value,
-                revision: number(1).ok_or_else(bad)?,
-                create_revision: number(2).ok_or_else(bad)?,
-                lease,
-            }),
-            "exists" => Err(Error::KeyExists {
-                key: key.to_string(),
-            }),
-            "not_found" => Err(Error::KeyNotFound {
-                key: key.to_string(),
-            }),
-            "modified" => Err(Error::KeyModified {
-                key: key.to_string(),
-                expected: expected.parse().unwrap_or(0),
-                actual: number(1).unwrap_or(0),
-            }),
-            "no_lease" => Err(Error::LeaseLost {
-                lease: lease.unwrap_or(LeaseId(0)),
-                reason: LeaseLoss::Expired,
-            }),
-            _ => Err(bad()),
+        match self.put_script(key, value, condition, lease, None).await? {
+            Written::Pair(pair) => Ok(pair),
+            // Only a new lease can be taken.
+            Written::LeaseTaken => Err(unexpected("put", "lease id taken".to_owned())),
         }
+    }
+
+    /// One script call (`scripts/put.lua`): the condition is checked first, then the
+    /// lease is created (a random id drawn here, as [`RedisStore::grant_lease`]'s) at
+    /// the same revision as the write, so a failed condition creates nothing and no
+    /// one can see the id before this returns. The lease is detached from the start:
+    /// not tracked, so [`Backend::close`] does not revoke it.
+    async fn put_with_ttl(
+        &self,
+        key: &Key,
+        value: Bytes,
+        condition: Condition,
+        ttl: Duration,
+    ) -> Result<KvPair> {
+        let millis = lease_millis(ttl);
+        for _ in 0..MAX_DRAWS {
+            let lease = random_lease_id();
+            match self
+                .put_script(key, value.clone(), condition, Some(lease), Some(millis))
+                .await?
+            {
+                Written::Pair(pair) => return Ok(pair),
+                Written::LeaseTaken => continue,
+            }
+        }
+        Err(unexpected(
+            "put",
+            format!("{MAX_DRAWS} random lease ids in a row were taken"),
+        ))
     }
 
     async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
@@ -636,21 +713,15 @@ impl Backend for RedisStore {
     ///
     /// One round trip of one cheap command: the standalone `lease_grant` script (`TIME`,
     /// `ZADD NX`, `HSET`, and `PTTL` of the key that says no lease is due, lowered when
-    /// this lease is due sooner), without the prelude the other scripts run. It cannot be
-    /// skipped, not even for the lease behind a TTL put: the id is the caller's as soon
-    /// as this returns and may be handed to another client, whose keep-alive must then
-    /// find the lease (and whose revoke must end it) on the server.
+    /// this lease is due sooner), without the prelude the other scripts run. A granted
+    /// lease must exist on the server when this returns: the id is the caller's and may
+    /// be handed to another client, whose keep-alive must then find the lease (and whose
+    /// revoke must end it). A TTL put needs no grant: [`Backend::put_with_ttl`] creates
+    /// its lease inside the put script, whose id nobody sees before the put returns.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
-        /// Draws of a taken id in a row before giving up: with 63-bit ids, a second one
-        /// means something is wrong.
-        const MAX_DRAWS: usize = 3;
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let millis = lease_millis(ttl);
         for _ in 0..MAX_DRAWS {
-            let id = LeaseId(
-                i64::try_from(rand::random::<u64>() >> 1)
-                    .unwrap_or(1)
-                    .max(1),
-            );
+            let id = random_lease_id();
             self.lifecycle.ensure_open(BACKEND)?;
             let mut invocation = self.scripts.lease_grant.key(self.leases_key());
             invocation

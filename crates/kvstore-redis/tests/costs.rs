@@ -1,5 +1,5 @@
 //! What an operation costs the server, counted rather than timed: the commands a TTL put
-//! sends (the server's `SLOWLOG` at a threshold of 0 µs records every command a client
+//! sends (one) (the server's `SLOWLOG` at a threshold of 0 µs records every command a client
 //! sends, and none of the commands a script runs inside), and that lease expiry inside
 //! the write scripts still happens, exactly when due.
 
@@ -118,12 +118,12 @@ async fn recorded(admin: &mut redis::aio::MultiplexedConnection) -> Vec<Call> {
     calls
 }
 
-/// A TTL put is two commands: an exact grant must reach the server before the caller
-/// holds the lease id (see `RedisStore::grant_lease`), so the grant cannot ride on the
-/// put. The grant is the standalone script (three commands inside, no prelude), and a
-/// plain put stays one command.
+/// A TTL put is one command: the put script creates the lease (`ZADD`, `HSET` of its TTL)
+/// at the write's revision, exact because nobody sees the id before the put returns. A
+/// plain put is the same script without them, and a standalone grant is still the cheap
+/// script of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ttl_put_is_one_standalone_grant_and_one_put_script() {
+async fn a_ttl_put_is_one_put_script() {
     let server = RedisServer::start().unwrap();
     let store = connect(server.url()).await;
     let mut admin = admin(&server.url()).await;
@@ -140,25 +140,32 @@ async fn a_ttl_put_is_one_standalone_grant_and_one_put_script() {
         .await
         .unwrap();
     let calls = recorded(&mut admin).await;
-    let grant = sha(include_str!("../scripts/lease_grant.lua"));
     let put = sha(&prelude_script(include_str!("../scripts/put.lua")));
-    let names: Vec<(&str, &str)> = calls
-        .iter()
-        .map(|c| (c.name.as_str(), c.first.as_str()))
-        .collect();
+    assert_eq!(calls.len(), 1, "a TTL put is one command: {calls:#?}");
     assert_eq!(
-        names,
-        [("EVALSHA", grant.as_str()), ("EVALSHA", put.as_str())],
-        "a TTL put is the grant, then the put: {calls:#?}"
+        (calls[0].name.as_str(), calls[0].first.as_str()),
+        ("EVALSHA", put.as_str())
     );
-    assert_eq!(
-        calls[0].inner[..3],
-        ["TIME", "ZADD", "HSET"],
-        "the grant is one cheap script: {calls:#?}"
+    let lease = written.lease.expect("a TTL put's pair names its lease");
+    let inner = &calls[0].inner;
+    let zadd = inner.iter().position(|c| c == "ZADD");
+    let xadd = inner.iter().position(|c| c == "XADD");
+    assert!(
+        xadd.is_some() && zadd.is_some() && xadd < zadd,
+        "the lease is created after the change is logged: {calls:#?}"
     );
-    assert_eq!(calls[0].inner[3], "PTTL");
-    assert!(calls[0].inner.len() <= 5);
-    assert!(written.lease.is_some());
+    assert!(inner.iter().any(|c| c == "HSET"));
+    // The lease exists, with its TTL, and the key is on it.
+    let leases = format!("{}:leases", store.stream_key().trim_end_matches(":log"));
+    let deadline: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&leases)
+        .arg(lease.0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(deadline.is_some(), "the lease exists");
+    assert!(store.keep_alive_lease(lease).await.unwrap() >= Duration::from_secs(29));
+    assert_eq!(store.get("session").await.unwrap(), written);
 
     record(&mut admin).await;
     store
@@ -168,6 +175,103 @@ async fn a_ttl_put_is_one_standalone_grant_and_one_put_script() {
     let calls = recorded(&mut admin).await;
     assert_eq!(calls.len(), 1, "a plain put is one command: {calls:#?}");
     assert_eq!(calls[0].first, put);
+
+    // A standalone grant is still the cheap script of its own.
+    let _lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    record(&mut admin).await;
+    let _other = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let calls = recorded(&mut admin).await;
+    let grant = sha(include_str!("../scripts/lease_grant.lua"));
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert_eq!(calls[0].first, grant);
+    assert_eq!(calls[0].inner[..3], ["TIME", "ZADD", "HSET"]);
+}
+
+/// A TTL put whose condition fails creates nothing: no lease, no write, one command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ttl_put_leaves_no_lease() {
+    let server = RedisServer::start().unwrap();
+    let store = connect(server.url()).await;
+    let mut admin = admin(&server.url()).await;
+    let ttl = PutOptions::with_ttl(Duration::from_secs(30));
+    let first = store
+        .put("k", Bytes::from("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let leases = format!("{}:leases", store.stream_key().trim_end_matches(":log"));
+    let lease_ttls = format!("{}:lease-ttl", store.stream_key().trim_end_matches(":log"));
+    let count = |admin: &mut redis::aio::MultiplexedConnection| {
+        let (leases, lease_ttls) = (leases.clone(), lease_ttls.clone());
+        let mut admin = admin.clone();
+        async move {
+            let live: u64 = redis::cmd("ZCARD")
+                .arg(&leases)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let ttls: u64 = redis::cmd("HLEN")
+                .arg(&lease_ttls)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            (live, ttls)
+        }
+    };
+    // Load the script.
+    store
+        .put("warm", Bytes::from("up"), ttl.clone())
+        .await
+        .unwrap();
+    let before = count(&mut admin).await;
+
+    record(&mut admin).await;
+    let exists = store
+        .atomic_put("k", Bytes::from("2"), None, ttl.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(exists, kvstore_core::Error::KeyExists { .. }),
+        "{exists}"
+    );
+    let mut stale = first.clone();
+    stale.revision -= 1;
+    let modified = store
+        .atomic_put("k", Bytes::from("2"), Some(&stale), ttl.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(modified, kvstore_core::Error::KeyModified { .. }),
+        "{modified}"
+    );
+    let missing = store
+        .atomic_put("absent", Bytes::from("2"), Some(&first), ttl.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, kvstore_core::Error::KeyNotFound { .. }),
+        "{missing}"
+    );
+    let calls = recorded(&mut admin).await;
+    assert_eq!(calls.len(), 3, "one command each, no revoke: {calls:#?}");
+    for call in &calls {
+        assert!(
+            !call
+                .inner
+                .iter()
+                .any(|c| c == "ZADD" || c == "XADD" || c == "HSET"),
+            "nothing written: {calls:#?}"
+        );
+    }
+    assert_eq!(count(&mut admin).await, before, "no lease left behind");
+    assert_eq!(store.get("k").await.unwrap(), first);
+
+    // A successful one does create its lease.
+    let written = store
+        .atomic_put("k", Bytes::from("3"), Some(&first), ttl)
+        .await
+        .unwrap();
+    assert!(written.lease.is_some());
+    assert_eq!(count(&mut admin).await, (before.0 + 1, before.1 + 1));
 }
 
 /// With leases alive and none due, a write's lease expiry is one `EXISTS`, without the
@@ -284,4 +388,45 @@ async fn writes_expire_exactly_the_due_leases() {
     );
     // The lease that is not due is untouched.
     assert_eq!(store.get("long").await.unwrap(), long);
+}
+
+/// The put script refuses to create a TTL put's lease under an id in use (the client
+/// then draws another): it answers `taken` before writing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_put_on_a_taken_id_writes_nothing() {
+    let server = RedisServer::start().unwrap();
+    let store = connect(server.url()).await;
+    let mut admin = admin(&server.url()).await;
+    let held = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let namespace = store.stream_key().trim_end_matches(":log").to_owned();
+    let reply: redis::Value =
+        redis::Script::new(&prelude_script(include_str!("../scripts/put.lua")))
+            .key(format!("{namespace}:rev"))
+            .arg("0123456789abcdef")
+            .arg(1000)
+            .arg("kv")
+            .arg("k")
+            .arg("v")
+            .arg("always")
+            .arg("")
+            .arg(held.id().0)
+            .arg(5000)
+            .invoke_async(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![
+            redis::Value::BulkString(b"taken".to_vec()),
+            redis::Value::Int(0)
+        ])
+    );
+    assert!(!store.exists("k").await.unwrap());
+    let ttl: Option<String> = redis::cmd("HGET")
+        .arg(format!("{namespace}:lease-ttl"))
+        .arg(held.id().0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(ttl.as_deref(), Some("30000"), "the held lease is untouched");
 }

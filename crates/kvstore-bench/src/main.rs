@@ -93,7 +93,7 @@ enum Section {
     /// Redis get/put (headline), create-only CAS and TTL put, ours against the raw
     /// same-work baseline and plain GET/SET.
     RedisKv,
-    /// The memory store's get/put against a RwLock<BTreeMap>.
+    /// The memory store's get/put against a `RwLock<BTreeMap>`.
     MemoryKv,
     /// etcd transactions, ours against a raw Txn.
     Txn,

@@ -247,6 +247,11 @@ impl EtcdStore {
         self.call_until(operation, resend, deadline, request).await
     }
 
+    /// How long one request (or one operation made of several) may take.
+    pub(crate) fn request_timeout(&self) -> std::time::Duration {
+        self.config.request_timeout
+    }
+
     /// When a call (or several calls that make one operation) started now must end.
     pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.config.request_timeout
@@ -333,26 +338,42 @@ impl EtcdStore {
     /// (docs/CONTRACT.md §3 "Any size"). If etcd compacts that revision between pages,
     /// the read starts over at a newer one.
     pub(crate) async fn read(&self, target: &WatchTarget) -> Result<(Vec<KvPair>, u64)> {
-        self.read_until(target, self.deadline()).await
+        self.read_until(target, None, self.deadline()).await
     }
 
-    /// [`EtcdStore::read`], every page within `deadline`.
+    /// [`EtcdStore::read`] at revision `at` (the current one if `None`), every page
+    /// within `deadline`. If etcd has compacted `at`, the state at the current revision
+    /// is read instead: the revision returned is then newer than `at`.
     pub(crate) async fn read_until(
         &self,
         target: &WatchTarget,
+        at: Option<u64>,
         deadline: Instant,
     ) -> Result<(Vec<KvPair>, u64)> {
+        let mut requested = at.map(|at| i64::try_from(at).unwrap_or(i64::MAX));
         let prefix = match target {
             WatchTarget::Key(key) => {
                 let key = self.etcd_key(key.as_str());
-                let response = self
-                    .call_until("get", Resend::Read, deadline, |mut clients| {
-                        let key = key.clone();
-                        async move { clients.kv.get(key, None).await }
-                    })
-                    .await?;
-                let pairs = response.kvs().iter().filter_map(|kv| self.pair(kv));
-                return Ok((pairs.collect(), header_revision(response.header())));
+                loop {
+                    let at = requested;
+                    let response = self
+                        .call_until("get", Resend::Read, deadline, |mut clients| {
+                            let key = key.clone();
+                            let options = at.map(|at| GetOptions::new().with_revision(at));
+                            async move { clients.kv.get(key, options).await }
+                        })
+                        .await;
+                    let response = match response {
+                        Err(error) if at.is_some() && is_compacted(&error) => {
+                            requested = None;
+                            continue;
+                        }
+                        other => other?,
+                    };
+                    let pairs = response.kvs().iter().filter_map(|kv| self.pair(kv));
+                    let read_at = at.map_or_else(|| header_revision(response.header()), revision);
+                    return Ok((pairs.collect(), read_at));
+                }
             }
             WatchTarget::Prefix(prefix) => prefix,
         };
@@ -364,7 +385,8 @@ impl EtcdStore {
         let mut restarts = 0;
         'snapshot: loop {
             let mut pairs = Vec::new();
-            let mut read_at: Option<i64> = None;
+            // A restart after a compaction reads at the current revision.
+            let mut read_at: Option<i64> = requested.take();
             let mut start = first_key.clone();
             loop {
                 let mut options = GetOptions::new()

@@ -5,7 +5,9 @@
 //! subscribed to it. However many watchers a store has, it holds two connections: the
 //! request connection and this one. A watcher reads what it missed (before it
 //! subscribed, or after it fell behind the broadcast's buffer) with plain `XRANGE`
-//! requests, so nothing is lost; the reader only carries what is new.
+//! requests, so nothing is lost; the reader only carries what is new. The reader decodes
+//! each entry once for all watchers (see `watch::Decoded`): a watcher copies nothing out
+//! of an entry to a key it does not watch.
 //!
 //! The reader starts with the first subscriber and stops when the last one is gone (or
 //! the store is closed). Its connection reads with a response timeout of
@@ -13,13 +15,14 @@
 //! reader reconnects, telling every watcher to check its history again.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::StreamReadReply;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Endpoint, Link, Purpose};
-use crate::watch::{READ_COUNT, WATCH_BLOCK, WATCH_CLIENT_NAME};
+use crate::watch::{Decoded, EntryId, READ_COUNT, WATCH_BLOCK, WATCH_CLIENT_NAME, decode};
 
 /// Batches the broadcast keeps for a watcher that is busy; one that falls further behind
 /// catches up with `XRANGE` (losing nothing).
@@ -28,14 +31,21 @@ const BUFFERED_BATCHES: usize = 1024;
 /// What the reader sends its watchers.
 #[derive(Clone)]
 pub(crate) enum Delivery {
-    /// Entries read from the stream, in order, with the data epoch read with them.
-    Entries {
-        epoch: Option<String>,
-        entries: Arc<Vec<StreamId>>,
-    },
+    /// Entries read from the stream: one batch shared by every watcher.
+    Entries(Arc<Batch>),
     /// The reader's connection failed and was made again: entries may have been missed
     /// by the broadcast (never by the stream), so watchers check and catch up.
     Reconnected,
+}
+
+/// Entries one read of the stream returned.
+pub(crate) struct Batch {
+    /// The data epoch read with them.
+    pub(crate) epoch: Option<String>,
+    /// The entries in stream order, each decoded once here for every watcher, which
+    /// only compares its area and key with its own unless the change is to a key it
+    /// watches.
+    pub(crate) entries: Vec<Decoded>,
 }
 
 /// Where a store's reader is, if it runs: a weak sender, so a reader whose last watcher
@@ -47,9 +57,13 @@ pub(crate) struct Feed {
 
 /// What the reader needs to know of its store.
 pub(crate) struct Source {
+    /// Where to connect.
     pub(crate) endpoint: Arc<Endpoint>,
+    /// The change stream.
     pub(crate) stream_key: String,
+    /// The key of the data epoch.
     pub(crate) epoch_key: String,
+    /// Cancelled when the store closes.
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -79,15 +93,21 @@ impl Feed {
 
 /// The reader: `XREAD BLOCK` after stream id `from`, broadcasting each batch, until no
 /// watcher listens or the store closes.
+///
+/// On every new connection it reads the stream's top first and starts from there if the
+/// top is below where it was (the server rolled back: restarted from an older snapshot,
+/// or a lagging replica took over), since entries written again at those ids would
+/// otherwise never be read; only then does it tell the watchers to check their history.
+/// A failed connect, read or top is tried again after a backoff delay, never at once.
 async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>) {
-    let mut delays = kvstore_core::backend::backoff(
-        kvstore_core::backend::RESUME_MIN_DELAY,
-        kvstore_core::backend::RESUME_MAX_DELAY,
-    );
+    let mut delays = fresh_delays();
     let mut last_id: Option<String> = Some(from);
     let mut seen_epoch: Option<String> = None;
     let mut connection: Option<Link> = None;
-    let mut first_connection = true;
+    // Read the top before the next read (a new connection, or new data).
+    let mut check_top = true;
+    // Tell the watchers to check their history once the top is read.
+    let mut announce = false;
     loop {
         if sender.receiver_count() == 0 || source.shutdown.is_cancelled() {
             return;
@@ -96,36 +116,44 @@ async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>)
             Some(link) => link,
             None => match connect(&source).await {
                 Ok(link) => {
-                    if !first_connection {
-                        // Watchers catch up on whatever fell between the connections.
-                        let _ = sender.send(Delivery::Reconnected);
-                    }
-                    first_connection = false;
+                    check_top = true;
                     connection.insert(link)
                 }
                 Err(error) => {
                     tracing::debug!(%error, "redis watch reader cannot connect; retrying");
-                    let delay = delays
-                        .next()
-                        .unwrap_or(kvstore_core::backend::RESUME_MAX_DELAY);
-                    tokio::select! {
-                        () = source.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
+                    if !pause(&source, &mut delays).await {
+                        return;
                     }
                     continue;
                 }
             },
         };
-        let from = match &last_id {
-            Some(id) => id.clone(),
-            None => match top(link, &source.stream_key).await {
-                Ok(id) => last_id.insert(id).clone(),
+        if check_top || last_id.is_none() {
+            match top(link, &source.stream_key).await {
+                Ok(top) => {
+                    last_id = Some(match last_id.take() {
+                        Some(id) if !is_after(&id, &top) => id,
+                        _ => top,
+                    });
+                    check_top = false;
+                    if std::mem::take(&mut announce) {
+                        // Watchers catch up on whatever fell between the connections.
+                        let _ = sender.send(Delivery::Reconnected);
+                    }
+                }
                 Err(error) => {
                     tracing::debug!(%error, "redis watch reader failed; reconnecting");
                     connection = None;
+                    announce = true;
+                    if !pause(&source, &mut delays).await {
+                        return;
+                    }
                     continue;
                 }
-            },
+            }
+        }
+        let Some(from) = last_id.clone() else {
+            continue;
         };
         let pipeline = redis::pipe()
             .cmd("GET")
@@ -146,38 +174,65 @@ async fn read(source: Source, from: String, sender: broadcast::Sender<Delivery>)
         };
         match read {
             Ok((epoch, reply)) => {
-                delays = kvstore_core::backend::backoff(
-                    kvstore_core::backend::RESUME_MIN_DELAY,
-                    kvstore_core::backend::RESUME_MAX_DELAY,
-                );
+                delays = fresh_delays();
                 if seen_epoch.is_some() && epoch != seen_epoch {
                     // The data was replaced (lost and written again): its stream is a new
                     // one, so start again from its top; watchers see the new epoch.
                     seen_epoch = epoch;
                     last_id = None;
-                    let _ = sender.send(Delivery::Reconnected);
+                    announce = true;
                     continue;
                 }
                 seen_epoch = epoch.clone();
-                let entries: Vec<StreamId> = reply
+                let entries: Vec<Decoded> = reply
                     .into_iter()
                     .flat_map(|r| r.keys)
                     .flat_map(|k| k.ids)
+                    .map(decode)
                     .collect();
                 let Some(last) = entries.last() else {
                     continue;
                 };
                 last_id = Some(last.id.clone());
-                let _ = sender.send(Delivery::Entries {
-                    epoch,
-                    entries: Arc::new(entries),
-                });
+                let _ = sender.send(Delivery::Entries(Arc::new(Batch { epoch, entries })));
             }
             Err(error) => {
                 tracing::debug!(%error, "redis watch reader failed; reconnecting");
                 connection = None;
+                announce = true;
+                if !pause(&source, &mut delays).await {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// The reader's delays between failed attempts, from the start.
+fn fresh_delays() -> impl Iterator<Item = Duration> {
+    kvstore_core::backend::backoff(
+        kvstore_core::backend::RESUME_MIN_DELAY,
+        kvstore_core::backend::RESUME_MAX_DELAY,
+    )
+}
+
+/// Wait the next of `delays`; `false` when the store closed meanwhile.
+async fn pause(source: &Source, delays: &mut impl Iterator<Item = Duration>) -> bool {
+    let delay = delays
+        .next()
+        .unwrap_or(kvstore_core::backend::RESUME_MAX_DELAY);
+    tokio::select! {
+        () = source.shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Whether stream id `id` comes after stream id `other`, compared as Redis orders ids
+/// (numerically, revision then place); an id that does not parse is never after.
+fn is_after(id: &str, other: &str) -> bool {
+    match (EntryId::parse(id), EntryId::parse(other)) {
+        (Some(id), Some(other)) => id > other,
+        _ => false,
     }
 }
 

@@ -13,9 +13,11 @@
 //! - **Watches** of a store share one reader of the stream (`XREAD BLOCK` on one
 //!   connection, however many watchers); each watcher reads what it missed (before it
 //!   subscribed, after it fell behind, after a disconnect) with `XRANGE` from the last
-//!   entry it saw, so nothing is lost. Each
-//!   entry names the revision before it, so a trimmed gap (even inside one revision with
-//!   more keys than the stream keeps) is detected and answered with a `Resync`.
+//!   entry it saw, so nothing is lost. The reader decodes each entry once for all its
+//!   watchers; a watcher compares the entry's area and key with its own and copies
+//!   nothing out of a change to a key it does not watch. Each entry names the revision
+//!   before it, so a trimmed gap (even inside one revision with more keys than the
+//!   stream keeps) is detected and answered with a `Resync`.
 //! - **Prefix reads** (`list`, watch snapshots and resyncs) go in pages of at most 1,000
 //!   keys (or 4 MiB), one script call each, so a 100,000-key list never blocks the
 //!   server for more than a page. Each page returns the store's revision; when writes

@@ -26,7 +26,7 @@ use redis::streams::StreamRangeReply;
 use crate::error::{from_redis, unexpected};
 use crate::scripts::Reply;
 use crate::store::RedisStore;
-use crate::watch::{Entry, parse_entry};
+use crate::watch::{Decoded, Pending, decode};
 
 /// Most keys one page of a prefix read holds.
 pub(crate) const PAGE_KEYS: usize = 1000;
@@ -223,7 +223,7 @@ impl RedisStore {
         let end = format!("{to}-{}", u64::MAX);
         let mut first = format!("({}-{}", from.revision, u64::MAX);
         let mut position = from.revision;
-        let mut pending: Vec<Entry> = Vec::new();
+        let mut pending = Pending::default();
         let mut read = 0;
         loop {
             let range = redis::cmd("XRANGE")
@@ -261,41 +261,35 @@ impl RedisStore {
                     .map_err(|e| from_redis("list", e, timeout))?
             };
             read += reply.ids.len();
-            for id in &reply.ids {
-                let entry = match parse_entry(id, self.area, target) {
-                    Ok(entry) => entry,
+            let entries: Vec<Decoded> = reply.ids.into_iter().map(decode).collect();
+            for decoded in &entries {
+                let (entry, event) = match decoded.read(self.area, target) {
+                    Ok(read) => read,
                     Err(error) => {
                         tracing::warn!(%error, "a malformed change log entry; reading again");
                         return Ok(Err(Restart::LogGap));
                     }
                 };
-                let continues = entry.seq == pending.len()
-                    && match pending.first() {
-                        Some(first) => entry.revision == first.revision,
-                        None => entry.prev == position,
-                    };
-                if !continues {
+                if !pending.continues(entry, position) {
                     return Ok(Err(Restart::LogGap));
                 }
-                let complete = entry.entries_in_revision;
-                let revision = entry.revision;
-                pending.push(entry);
-                if pending.len() >= complete {
-                    position = revision;
-                    for event in pending.drain(..).filter_map(|e| e.event) {
-                        let (key, pair) = match event {
-                            WatchEvent::Put(pair) => (pair.key.clone(), Some(pair)),
-                            WatchEvent::Delete { key, .. } => (key, None),
-                            _ => continue,
-                        };
-                        if key.as_str() <= last_read {
-                            changed.insert(key, pair);
-                        }
+                let Some(events) = pending.push(entry, event) else {
+                    continue;
+                };
+                position = entry.id.revision;
+                for event in events {
+                    let (key, pair) = match event {
+                        WatchEvent::Put(pair) => (pair.key.clone(), Some(pair)),
+                        WatchEvent::Delete { key, .. } => (key, None),
+                        _ => continue,
+                    };
+                    if key.as_str() <= last_read {
+                        changed.insert(key, pair);
                     }
                 }
             }
-            match reply.ids.last() {
-                Some(last) if reply.ids.len() == LOG_READ_COUNT && read <= MAX_LOG_ENTRIES => {
+            match entries.last() {
+                Some(last) if entries.len() == LOG_READ_COUNT && read <= MAX_LOG_ENTRIES => {
                     first = format!("({}", last.id);
                 }
                 _ => break,
@@ -476,13 +470,14 @@ mod tests {
                 .query_async(&mut link)
                 .await
                 .unwrap();
-            for id in &reply.ids {
-                let entry = parse_entry(id, store.area, target).unwrap();
-                if let Some(event) = entry.event {
-                    changes.push((entry.revision, event));
+            let entries: Vec<Decoded> = reply.ids.into_iter().map(decode).collect();
+            for decoded in &entries {
+                let (entry, event) = decoded.read(store.area, target).unwrap();
+                if let Some(event) = event {
+                    changes.push((entry.id.revision, event));
                 }
             }
-            match reply.ids.last() {
+            match entries.last() {
                 Some(last) => first = format!("({}", last.id),
                 None => return changes,
             }

@@ -6,7 +6,10 @@
 //! revision before it, so a gap is visible: when the next entry does not follow the
 //! watcher's position, history was trimmed past the watcher and it yields a `Resync`; so
 //! does a revision whose first entries were trimmed (a revision with more keys than the
-//! stream bound). Every read also checks the
+//! stream bound). Each entry is decoded once ([`Decoded`]: by the shared reader for all
+//! watchers, or by the `XRANGE` read of one catching up); a watcher then only compares
+//! the entry's area and key with its own, and copies something out of it only for a
+//! change to a key it watches. Every read also checks the
 //! data's epoch, which changes when Redis lost its data (a restart without persistence):
 //! then, too, the watcher yields a `Resync` to the current state instead of hanging or
 //! replaying. A rollback that keeps the epoch (a restart from an older RDB/AOF, a
@@ -19,6 +22,9 @@
 //! crash, blackholed network) fails the read within `WATCH_BLOCK + response_timeout` (7 s by
 //! default) and the watch reconnects.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +32,7 @@ use bytes::Bytes;
 use kvstore_core::backend::{EventBatchStream, WatchSource, WatchTarget, resuming};
 use kvstore_core::{Error, KvPair, LeaseId, Result, Snapshot, WatchEvent, WatchFrom};
 use redis::streams::{StreamId, StreamRangeReply};
+use redis::{FromRedisValue, Value};
 use tokio::sync::broadcast;
 
 use crate::error::{from_redis, unexpected};
@@ -48,18 +55,233 @@ enum Start {
     Events,
 }
 
-/// One parsed change log entry.
-pub(crate) struct Entry {
+/// A change log entry's stream id, `<revision>-<n>`, ordered as Redis orders stream ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct EntryId {
+    /// The revision that wrote the entry.
     pub(crate) revision: u64,
-    /// Its place among the entries of its revision, from 0.
+    /// The entry's place among the entries of its revision, from 0.
+    pub(crate) n: u64,
+}
+
+impl EntryId {
+    /// The id just after every entry of `revision`.
+    fn after_revision(revision: u64) -> EntryId {
+        EntryId {
+            revision,
+            n: u64::MAX,
+        }
+    }
+
+    /// Stream id `id` as numbers; `None` when it is not two numbers joined by `-`.
+    pub(crate) fn parse(id: &str) -> Option<EntryId> {
+        let (revision, n) = id.split_once('-')?;
+        Some(EntryId {
+            revision: revision.parse().ok()?,
+            n: n.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.revision, self.n)
+    }
+}
+
+/// A change log entry, decoded once for all its readers: the store's stream reader
+/// (`feed.rs`) decodes each entry it reads for every watcher of the store. A reader
+/// takes it with [`Decoded::read`], which compares its area and key with the reader's
+/// and builds an event only for an entry the reader watches.
+pub(crate) struct Decoded {
+    /// The stream id as read.
+    pub(crate) id: String,
+    /// What it holds, or what is malformed in it.
+    contents: std::result::Result<Entry, Malformed>,
+}
+
+/// What is wrong with a malformed change log entry.
+struct Malformed {
+    /// Its id as numbers, when that much is well formed.
+    id: Option<EntryId>,
+    /// The first field found malformed.
+    field: &'static str,
+}
+
+/// A change log entry, with what every reader needs of it well formed.
+pub(crate) struct Entry {
+    /// Its stream id.
+    pub(crate) id: EntryId,
+    /// Its place among the entries of its revision, from 0 (`id.n`).
     pub(crate) seq: usize,
     /// The revision before it (the one a reader must be at to read on from it).
     pub(crate) prev: u64,
+    /// How many entries its revision has.
     pub(crate) entries_in_revision: usize,
     /// The random id of the script call that wrote it.
-    pub(crate) tip: String,
-    /// Its change, when it is to a key of the area and target asked about.
-    pub(crate) event: Option<WatchEvent>,
+    pub(crate) tip: Arc<str>,
+    area: String,
+    key: String,
+    change: Change,
+}
+
+/// What an entry did to its key. A put's fields are checked only by the readers of its
+/// key (a malformed put elsewhere is none of a reader's business).
+enum Change {
+    Put {
+        value: Option<Bytes>,
+        create_revision: Option<u64>,
+        lease: Option<LeaseId>,
+    },
+    Delete,
+}
+
+impl Decoded {
+    /// Where the entry is in the stream; `None` when its id is malformed.
+    pub(crate) fn at(&self) -> Option<EntryId> {
+        match &self.contents {
+            Ok(entry) => Some(entry.id),
+            Err(malformed) => malformed.id,
+        }
+    }
+
+    /// The entry for a reader of the keys of `area` that `target` matches, with its
+    /// change as an event when it is to such a key (the only case that copies anything).
+    /// A malformed entry is an error naming its first malformed field.
+    pub(crate) fn read(
+        &self,
+        area: &str,
+        target: &WatchTarget,
+    ) -> Result<(&Entry, Option<WatchEvent>)> {
+        let bad = |field: &str| {
+            unexpected(
+                "watch",
+                format!("malformed stream entry {}: {field}", self.id),
+            )
+        };
+        let entry = self.contents.as_ref().map_err(|m| bad(m.field))?;
+        if entry.area != area || !target.matches(&entry.key) {
+            return Ok((entry, None));
+        }
+        let revision = entry.id.revision;
+        let event = match &entry.change {
+            Change::Put {
+                value,
+                create_revision,
+                lease,
+            } => WatchEvent::Put(KvPair {
+                key: entry.key.clone(),
+                value: value.clone().ok_or_else(|| bad("value"))?,
+                revision,
+                create_revision: create_revision.ok_or_else(|| bad("create_revision"))?,
+                lease: *lease,
+            }),
+            Change::Delete => WatchEvent::Delete {
+                key: entry.key.clone(),
+                revision,
+            },
+        };
+        Ok((entry, Some(event)))
+    }
+}
+
+/// Decode change log entry `entry`, once for all its readers.
+pub(crate) fn decode(entry: StreamId) -> Decoded {
+    let StreamId { id, mut map, .. } = entry;
+    let contents = decode_fields(&id, &mut map);
+    Decoded { id, contents }
+}
+
+/// The fields of the entry with stream id `id`, taken out of `map`.
+fn decode_fields(
+    id: &str,
+    map: &mut HashMap<String, Value>,
+) -> std::result::Result<Entry, Malformed> {
+    fn take<T: FromRedisValue>(map: &mut HashMap<String, Value>, field: &str) -> Option<T> {
+        map.remove(field)
+            .and_then(|value| redis::from_redis_value(value).ok())
+    }
+    let at = EntryId::parse(id);
+    let malformed = |field| Malformed { id: at, field };
+    let (id, seq) = at
+        .and_then(|at| Some((at, usize::try_from(at.n).ok()?)))
+        .ok_or_else(|| malformed("id"))?;
+    let entries_in_revision = take::<String>(map, "entries")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| malformed("entries"))?;
+    let area = take(map, "area").ok_or_else(|| malformed("area"))?;
+    let key = take(map, "key").ok_or_else(|| malformed("key"))?;
+    let change = if take::<String>(map, "op").as_deref() == Some("put") {
+        Change::Put {
+            value: take::<Vec<u8>>(map, "value").map(Bytes::from),
+            create_revision: take::<String>(map, "create_revision").and_then(|c| c.parse().ok()),
+            lease: take::<String>(map, "lease")
+                .and_then(|l| l.parse::<i64>().ok())
+                .map(LeaseId),
+        }
+    } else {
+        Change::Delete
+    };
+    let prev = take::<String>(map, "prev")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(id.revision.saturating_sub(1));
+    Ok(Entry {
+        id,
+        seq,
+        prev,
+        entries_in_revision,
+        tip: take::<String>(map, "tip").unwrap_or_default().into(),
+        area,
+        key,
+        change,
+    })
+}
+
+/// The entries read so far of the revision after a reader's position: a revision's
+/// changes are delivered together, once all its entries are read, each following the
+/// one before.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Entries of the revision read so far.
+    read: usize,
+    /// The revision, while `read > 0`.
+    revision: u64,
+    /// The changes among them for the reader.
+    events: Vec<WatchEvent>,
+}
+
+impl Pending {
+    /// Whether `entry` is the next one for a reader at revision `position`: the next
+    /// entry of the revision being read, or the first of the revision after `position`.
+    pub(crate) fn continues(&self, entry: &Entry, position: u64) -> bool {
+        entry.seq == self.read
+            && if self.read == 0 {
+                entry.prev == position
+            } else {
+                entry.id.revision == self.revision
+            }
+    }
+
+    /// Take `entry` (which [`Pending::continues`]) with its `event` for the reader: the
+    /// changes of its revision when it is the revision's last entry, `None` before.
+    pub(crate) fn push(
+        &mut self,
+        entry: &Entry,
+        event: Option<WatchEvent>,
+    ) -> Option<Vec<WatchEvent>> {
+        self.revision = entry.id.revision;
+        self.read += 1;
+        self.events.extend(event);
+        (self.read >= entry.entries_in_revision).then(|| {
+            self.read = 0;
+            std::mem::take(&mut self.events)
+        })
+    }
+
+    /// Whether no entry of a revision is waiting for the rest of it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.read == 0
+    }
 }
 
 struct Watcher {
@@ -71,11 +293,11 @@ struct Watcher {
     /// The data epoch the position belongs to; `None` until learned.
     epoch: Option<String>,
     /// The tip of the log entries of `position`, when known ('' otherwise).
-    tip: String,
+    tip: Arc<str>,
     /// Entries of the revision after `position` read so far (a revision may span reads).
-    pending: Vec<Entry>,
+    pending: Pending,
     /// The last stream entry id read.
-    last_id: String,
+    last_id: EntryId,
     /// The store's shared reader, once subscribed.
     feed: Option<broadcast::Receiver<Delivery>>,
     /// Whether entries after `last_id` may be missing from the feed, to be read with
@@ -85,6 +307,8 @@ struct Watcher {
     checked: bool,
 }
 
+/// A watch of `target` on `store` from `from` (a snapshot first, or the changes after a
+/// revision), resuming by itself after failures.
 pub(crate) async fn subscribe(
     store: RedisStore,
     target: WatchTarget,
@@ -100,33 +324,15 @@ pub(crate) async fn subscribe(
         start,
         position,
         epoch: None,
-        tip: String::new(),
-        pending: Vec::new(),
-        last_id: after_revision(position),
+        tip: Arc::from(""),
+        pending: Pending::default(),
+        last_id: EntryId::after_revision(position),
         feed: None,
         catching_up: true,
         checked: false,
     };
     let shutdown = watcher.store.shutdown_token().clone();
     resuming(watcher, shutdown, crate::BACKEND).await
-}
-
-/// The stream id just after every entry of `revision`.
-fn after_revision(revision: u64) -> String {
-    format!("{revision}-{}", u64::MAX)
-}
-
-/// Whether stream id `id` comes after `last` (ids are `<ms>-<seq>`, compared as numbers).
-fn after(id: &str, last: &str) -> bool {
-    let parse = |id: &str| {
-        id.split_once('-')
-            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-    };
-    match (parse(id), parse(last)) {
-        (Some(id), Some(last)) => id > last,
-        // An id that does not parse is for `parse` to report.
-        _ => true,
-    }
 }
 
 #[async_trait]
@@ -136,8 +342,8 @@ impl WatchSource for Watcher {
         self.feed = None;
         self.catching_up = true;
         self.checked = false;
-        self.pending.clear();
-        self.last_id = after_revision(self.position);
+        self.pending = Pending::default();
+        self.last_id = EntryId::after_revision(self.position);
     }
 
     /// The first step is the snapshot, or (after a revision) the history check: both
@@ -152,7 +358,7 @@ impl WatchSource for Watcher {
         }
         if self.feed.is_none() {
             // Subscribed before catching up, so nothing falls between the two.
-            self.feed = Some(self.store.subscribe_feed(&self.last_id));
+            self.feed = Some(self.store.subscribe_feed(&self.last_id.to_string()));
             self.catching_up = true;
             return Ok(None);
         }
@@ -168,9 +374,9 @@ impl Watcher {
         let read = self.store.read(&self.target).await?;
         self.position = read.revision;
         self.epoch = Some(read.epoch);
-        self.tip = read.tip;
-        self.pending.clear();
-        self.last_id = after_revision(self.position);
+        self.tip = read.tip.into();
+        self.pending = Pending::default();
+        self.last_id = EntryId::after_revision(self.position);
         self.catching_up = true;
         self.checked = true;
         let snapshot = Snapshot {
@@ -205,7 +411,7 @@ impl Watcher {
             .and_then(Reply::text)
             .and_then(|r| r.parse().ok());
         let tip = items.get(3).and_then(Reply::text).unwrap_or_default();
-        let rewritten = !tip.is_empty() && !self.tip.is_empty() && tip != self.tip;
+        let rewritten = !tip.is_empty() && !self.tip.is_empty() && *tip != *self.tip;
         let replaced = self.epoch.as_ref().is_some_and(|known| *known != epoch)
             || revision < self.position
             || rewritten;
@@ -247,37 +453,47 @@ impl Watcher {
         if reply.ids.len() < READ_COUNT {
             self.catching_up = false;
         }
-        Ok(self.accept(&reply.ids, true))
+        let entries: Vec<Decoded> = reply.ids.into_iter().map(decode).collect();
+        Ok(self.accept(&entries, true))
     }
 
-    /// The next delivery of the store's shared reader.
+    /// Take the store's shared reader's deliveries until one has events for this watcher
+    /// or calls for another step (a resync, a catch-up, a history check); waiting on
+    /// the feed in one step keeps a watcher that nothing concerns cheap.
     async fn follow(&mut self) -> Result<Option<Vec<WatchEvent>>> {
-        let Some(feed) = self.feed.as_mut() else {
-            return Ok(None);
-        };
-        match feed.recv().await {
-            Ok(Delivery::Entries { epoch, entries }) => {
-                if epoch != self.epoch {
-                    self.start = Start::Resync;
+        loop {
+            let Some(feed) = self.feed.as_mut() else {
+                return Ok(None);
+            };
+            match feed.recv().await {
+                Ok(Delivery::Entries(batch)) => {
+                    if batch.epoch != self.epoch {
+                        self.start = Start::Resync;
+                        return Ok(None);
+                    }
+                    let events = self.accept(&batch.entries, false);
+                    if events.is_some() || self.start != Start::Events || self.catching_up {
+                        return Ok(events);
+                    }
+                }
+                Ok(Delivery::Reconnected) => {
+                    self.checked = false;
+                    self.catching_up = true;
                     return Ok(None);
                 }
-                Ok(self.accept(&entries, false))
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    return Ok(None);
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::Unavailable {
+                        backend: crate::BACKEND,
+                        operation: "watch",
+                        message: "the store's stream reader stopped".into(),
+                        source: None,
+                    });
+                }
             }
-            Ok(Delivery::Reconnected) => {
-                self.checked = false;
-                self.catching_up = true;
-                Ok(None)
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                self.catching_up = true;
-                Ok(None)
-            }
-            Err(broadcast::error::RecvError::Closed) => Err(Error::Unavailable {
-                backend: crate::BACKEND,
-                operation: "watch",
-                message: "the store's stream reader stopped".into(),
-                source: None,
-            }),
         }
     }
 
@@ -286,27 +502,24 @@ impl Watcher {
     /// (a revision's first entries included, when it had more keys than the stream
     /// bound): read straight from the stream that is a `Resync`; in the feed it means
     /// this watcher must catch up from the stream first. A malformed entry is skipped
-    /// with a warning and a `Resync`, never a stuck watch.
-    fn accept(&mut self, entries: &[StreamId], from_stream: bool) -> Option<Vec<WatchEvent>> {
+    /// with a warning and a `Resync`, never a stuck watch. An entry to a key this
+    /// watcher does not watch costs a few comparisons.
+    fn accept(&mut self, entries: &[Decoded], from_stream: bool) -> Option<Vec<WatchEvent>> {
         let mut batch = Vec::new();
-        for id in entries {
-            if !after(&id.id, &self.last_id) {
+        for decoded in entries {
+            // An id that does not parse is for `read` to report.
+            if decoded.at().is_some_and(|at| at <= self.last_id) {
                 continue;
             }
-            let entry = match self.parse(id) {
-                Ok(entry) => entry,
+            let (entry, event) = match decoded.read(self.store.area, &self.target) {
+                Ok(read) => read,
                 Err(error) => {
                     tracing::warn!(%error, "skipping a malformed change log entry; resyncing");
                     self.start = Start::Resync;
                     return None;
                 }
             };
-            let continues = entry.seq == self.pending.len()
-                && match self.pending.first() {
-                    Some(first) => entry.revision == first.revision,
-                    None => entry.prev == self.position,
-                };
-            if !continues {
+            if !self.pending.continues(entry, self.position) {
                 if from_stream {
                     self.start = Start::Resync;
                 } else {
@@ -314,71 +527,173 @@ impl Watcher {
                 }
                 break;
             }
-            self.last_id = id.id.clone();
-            let complete = entry.entries_in_revision;
-            self.pending.push(entry);
-            if self.pending.len() >= complete {
-                self.position = self.pending.last().map_or(self.position, |e| e.revision);
-                self.tip = self
-                    .pending
-                    .last()
-                    .map(|e| e.tip.clone())
-                    .unwrap_or_default();
-                batch.extend(self.pending.drain(..).filter_map(|e| e.event));
+            self.last_id = entry.id;
+            if let Some(events) = self.pending.push(entry, event) {
+                self.position = entry.id.revision;
+                self.tip = Arc::clone(&entry.tip);
+                batch.extend(events);
             }
         }
         (!batch.is_empty()).then_some(batch)
     }
-
-    fn parse(&self, id: &StreamId) -> Result<Entry> {
-        parse_entry(id, self.store.area, &self.target)
-    }
 }
 
-/// Parse change log entry `id`; its `event` is set only for a key of `area` that
-/// `target` matches. A malformed entry is an error naming what is wrong with it.
-pub(crate) fn parse_entry(id: &StreamId, area: &str, target: &WatchTarget) -> Result<Entry> {
-    let bad = |what: &str| unexpected("watch", format!("malformed stream entry {}: {what}", id.id));
-    let (revision, seq) = id
-        .id
-        .split_once('-')
-        .and_then(|(r, n)| Some((r.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
-        .ok_or_else(|| bad("id"))?;
-    let text = |field: &str| id.get::<String>(field);
-    let entries_in_revision = text("entries")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| bad("entries"))?;
-    let entry_area = text("area").ok_or_else(|| bad("area"))?;
-    let key = text("key").ok_or_else(|| bad("key"))?;
-    let event = if entry_area != area || !target.matches(&key) {
-        None
-    } else if text("op").as_deref() == Some("put") {
-        let value: Vec<u8> = id.get("value").ok_or_else(|| bad("value"))?;
-        let create_revision = text("create_revision")
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| bad("create_revision"))?;
-        let lease = text("lease")
-            .and_then(|l| l.parse::<i64>().ok())
-            .map(LeaseId);
-        Some(WatchEvent::Put(KvPair {
-            key,
-            value: Bytes::from(value),
-            revision,
-            create_revision,
-            lease,
-        }))
-    } else {
-        Some(WatchEvent::Delete { key, revision })
-    };
-    let prev = text("prev")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(revision.saturating_sub(1));
-    Ok(Entry {
-        revision,
-        seq,
-        prev,
-        entries_in_revision,
-        tip: text("tip").unwrap_or_default(),
-        event,
-    })
+#[cfg(test)]
+mod tests {
+    use kvstore_core::{Key, Prefix};
+
+    use super::*;
+
+    /// A stream entry with id `id` and fields `fields` (each a bulk string).
+    fn logged(id: &str, fields: &[(&str, &str)]) -> Decoded {
+        decode(StreamId {
+            id: id.to_owned(),
+            map: fields
+                .iter()
+                .map(|(field, value)| {
+                    (
+                        (*field).to_owned(),
+                        Value::BulkString(value.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            ..StreamId::default()
+        })
+    }
+
+    /// A put of `key`, the only entry of revision 5, without field `without` ("" for none).
+    fn put(key: &str, without: &str) -> Decoded {
+        let fields = [
+            ("entries", "1"),
+            ("area", "kv"),
+            ("key", key),
+            ("op", "put"),
+            ("value", "v"),
+            ("create_revision", "3"),
+            ("lease", "7"),
+            ("prev", "4"),
+            ("tip", "t"),
+        ];
+        let fields: Vec<_> = fields.into_iter().filter(|(f, _)| *f != without).collect();
+        logged("5-0", &fields)
+    }
+
+    fn prefix(name: &str) -> WatchTarget {
+        WatchTarget::Prefix(Prefix::new(name).unwrap())
+    }
+
+    #[test]
+    fn an_entry_becomes_an_event_only_for_a_reader_of_its_area_and_key() {
+        let decoded = put("a/b", "");
+        assert_eq!(decoded.at(), Some(EntryId { revision: 5, n: 0 }));
+        let (entry, event) = decoded.read("kv", &prefix("a")).unwrap();
+        assert_eq!((entry.seq, entry.prev, &*entry.tip), (0, 4, "t"));
+        assert_eq!(
+            event,
+            Some(WatchEvent::Put(KvPair {
+                key: "a/b".into(),
+                value: Bytes::from("v"),
+                revision: 5,
+                create_revision: 3,
+                lease: Some(LeaseId(7)),
+            }))
+        );
+        let key = WatchTarget::Key(Key::new("a/b").unwrap());
+        assert!(decoded.read("kv", &key).unwrap().1.is_some());
+        assert!(decoded.read("kv", &prefix("b")).unwrap().1.is_none());
+        assert!(decoded.read("lock", &prefix("a")).unwrap().1.is_none());
+        let delete = logged("6-0", &[("entries", "1"), ("area", "kv"), ("key", "a/b")]);
+        let (entry, event) = delete.read("kv", &prefix("a")).unwrap();
+        assert_eq!((entry.prev, &*entry.tip), (5, ""), "the defaults");
+        assert_eq!(
+            event,
+            Some(WatchEvent::Delete {
+                key: "a/b".into(),
+                revision: 6
+            })
+        );
+    }
+
+    #[test]
+    fn a_malformed_entry_is_an_error_for_the_readers_it_concerns() {
+        let message = |decoded: &Decoded, target: &WatchTarget| {
+            decoded
+                .read("kv", target)
+                .err()
+                .map(|error| error.to_string())
+        };
+        for field in ["entries", "area", "key"] {
+            let decoded = put("a/b", field);
+            let expected = format!("malformed stream entry 5-0: {field}");
+            assert!(decoded.at().is_some());
+            assert!(
+                message(&decoded, &prefix("b"))
+                    .unwrap()
+                    .ends_with(&expected)
+            );
+        }
+        // A put's own fields concern only the readers of its key.
+        for field in ["value", "create_revision"] {
+            let decoded = put("a/b", field);
+            let expected = format!("malformed stream entry 5-0: {field}");
+            assert!(
+                message(&decoded, &prefix("a"))
+                    .unwrap()
+                    .ends_with(&expected)
+            );
+            assert_eq!(message(&decoded, &prefix("b")), None);
+        }
+        let decoded = logged("five", &[("entries", "1"), ("area", "kv"), ("key", "a")]);
+        assert_eq!(decoded.at(), None);
+        assert!(
+            message(&decoded, &prefix("b"))
+                .unwrap()
+                .ends_with("malformed stream entry five: id")
+        );
+    }
+
+    #[test]
+    fn a_revision_is_complete_once_all_its_entries_follow_one_another() {
+        let first = |key: &str, entries: &str| {
+            logged(
+                "5-0",
+                &[
+                    ("entries", entries),
+                    ("area", "kv"),
+                    ("key", key),
+                    ("prev", "3"),
+                ],
+            )
+        };
+        let second = logged("5-1", &[("entries", "2"), ("area", "kv"), ("key", "a/c")]);
+        let target = prefix("a");
+        let mut pending = Pending::default();
+        let (entry, _) = second.read("kv", &target).unwrap();
+        assert!(
+            !pending.continues(entry, 3),
+            "not the revision's first entry"
+        );
+        let decoded = first("b/x", "2");
+        let (entry, event) = decoded.read("kv", &target).unwrap();
+        assert!(!pending.continues(entry, 4), "not the revision after 4");
+        assert!(pending.continues(entry, 3));
+        assert_eq!(pending.push(entry, event), None);
+        assert!(!pending.is_empty());
+        let (entry, event) = second.read("kv", &target).unwrap();
+        assert!(pending.continues(entry, 3));
+        let events = pending.push(entry, event).unwrap();
+        assert_eq!(
+            events,
+            vec![WatchEvent::Delete {
+                key: "a/c".into(),
+                revision: 5
+            }]
+        );
+        assert!(pending.is_empty());
+        assert_eq!(
+            EntryId::after_revision(5).to_string(),
+            format!("5-{}", u64::MAX)
+        );
+        assert!(EntryId::after_revision(5) > entry.id);
+    }
 }

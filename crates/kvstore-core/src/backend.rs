@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
@@ -186,6 +187,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Stop background tasks, revoke the leases this store granted, and make every later
     /// call fail with [`crate::Error::Closed`].
     async fn close(&self) -> Result<()>;
+
+    /// A token this handle and its clones cancel as soon as one of them starts closing,
+    /// before the leases are revoked ([`Lifecycle::closing`] for a backend that keeps a
+    /// [`Lifecycle`]). Core's keep-alive of each lease watches it, so the lease's `lost()`
+    /// resolves with [`crate::LeaseLoss::StoreClosed`] at once. The default, `None`,
+    /// leaves a lease to learn of the close at its next keep-alive, within a third of its
+    /// TTL.
+    fn closing(&self) -> Option<CancellationToken> {
+        None
+    }
 }
 
 /// [`Error::Unsupported`] for `operation` on `backend`.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -102,10 +103,24 @@ impl fmt::Debug for Lease {
 impl Lease {
     /// Start keeping `grant` alive on `store`; `asked` is when the grant was requested,
     /// the earliest moment the server can have started the lease's clock. Called by
-    /// [`crate::Store::grant_lease`]; a backend never needs it.
-    pub(crate) fn keep_alive(store: Arc<dyn Store>, grant: LeaseGrant, asked: Instant) -> Lease {
+    /// [`crate::Store::grant_lease`]; a backend never needs it. `closing` is the store's
+    /// ([`crate::backend::Backend::closing`]): once cancelled, the lease is reported
+    /// lost to the close at once.
+    pub(crate) fn keep_alive(
+        store: Arc<dyn Store>,
+        grant: LeaseGrant,
+        asked: Instant,
+        closing: Option<CancellationToken>,
+    ) -> Lease {
         let (report, loss) = watch::channel(None);
-        let keeper = tokio::spawn(keep_alive_loop(store.clone(), grant, asked, report));
+        let closing = closing.unwrap_or_default();
+        let keeper = tokio::spawn(keep_alive_loop(
+            store.clone(),
+            grant,
+            asked,
+            closing,
+            report,
+        ));
         Lease {
             id: grant.id,
             ttl: grant.ttl,
@@ -187,7 +202,11 @@ impl Drop for Lease {
     }
 }
 
-/// Refresh the lease every third of its TTL until it is lost.
+/// Refresh the lease every third of its TTL until it is lost; when the store starts
+/// closing (`closing` is cancelled), report [`LeaseLoss::StoreClosed`] at once: the
+/// close revokes the lease, and a holder must stop acting on it now, not at its next
+/// keep-alive. A keep-alive that finds the lease gone while the store closes (the close
+/// revoked it first) is the same loss, not an expiry.
 ///
 /// The lease's remaining life is counted from when the last successful keep-alive was
 /// *sent*, not answered: the server may have refreshed it at any moment in between, so
@@ -198,6 +217,7 @@ async fn keep_alive_loop(
     store: Arc<dyn Store>,
     grant: LeaseGrant,
     asked: Instant,
+    closing: CancellationToken,
     report: watch::Sender<Option<LeaseLoss>>,
 ) {
     let interval = grant.ttl / 3;
@@ -205,10 +225,16 @@ async fn keep_alive_loop(
     let mut expires = asked + grant.ttl;
     let mut next = asked + interval;
     loop {
-        tokio::time::sleep_until(next).await;
-        let sent = Instant::now();
+        let sent = tokio::select! {
+            () = tokio::time::sleep_until(next) => Instant::now(),
+            () = closing.cancelled() => return lost(&report, grant.id, LeaseLoss::StoreClosed),
+        };
         // A keep-alive that cannot land before the lease would expire is pointless.
-        let outcome = tokio::time::timeout_at(expires, store.keep_alive_lease(grant.id)).await;
+        let keeping = tokio::time::timeout_at(expires, store.keep_alive_lease(grant.id));
+        let outcome = tokio::select! {
+            outcome = keeping => outcome,
+            () = closing.cancelled() => return lost(&report, grant.id, LeaseLoss::StoreClosed),
+        };
         let loss = match outcome {
             Ok(Ok(ttl)) => {
                 // The server's answer is the TTL from when it refreshed, which was after
@@ -217,6 +243,11 @@ async fn keep_alive_loop(
                 expires = sent + life;
                 next = (sent + life / 3).max(Instant::now());
                 continue;
+            }
+            Ok(Err(Error::LeaseLost { .. }) | Err(Error::Closed { .. }))
+                if closing.is_cancelled() =>
+            {
+                LeaseLoss::StoreClosed
             }
             Ok(Err(Error::LeaseLost { reason, .. })) => reason,
             Ok(Err(Error::Closed { .. })) => LeaseLoss::StoreClosed,
@@ -227,9 +258,13 @@ async fn keep_alive_loop(
             }
             Ok(Err(_)) | Err(_) => LeaseLoss::KeepAliveFailed,
         };
-        tracing::warn!(lease = %grant.id, reason = %loss, "lease lost");
-        metrics::counter!("kvstore_lease_losses_total", "reason" => loss.kind()).increment(1);
-        report.send_replace(Some(loss));
-        return;
+        return lost(&report, grant.id, loss);
     }
+}
+
+/// Report lease `id` lost for `loss`: to its holder, the log and the metrics.
+fn lost(report: &watch::Sender<Option<LeaseLoss>>, id: LeaseId, loss: LeaseLoss) {
+    tracing::warn!(lease = %id, reason = %loss, "lease lost");
+    metrics::counter!("kvstore_lease_losses_total", "reason" => loss.kind()).increment(1);
+    report.send_replace(Some(loss));
 }

@@ -16,6 +16,7 @@ use crate::lease::LeaseId;
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     closed: AtomicBool,
+    closing: CancellationToken,
     shutdown: CancellationToken,
     leases: Mutex<HashSet<LeaseId>>,
 }
@@ -36,6 +37,13 @@ impl Lifecycle {
         } else {
             Ok(())
         }
+    }
+
+    /// Cancelled as soon as the handle starts closing, before its leases are revoked:
+    /// what [`crate::backend::Backend::closing`] returns, so each lease's `lost()` says
+    /// [`crate::LeaseLoss::StoreClosed`] at once.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
     }
 
     /// Cancelled when the handle closes: background loops select on it to stop.
@@ -66,6 +74,7 @@ impl Lifecycle {
         F: Fn(LeaseId) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
+        self.closing.cancel();
         for lease in self.take_leases() {
             if let Err(error) = revoke(lease).await {
                 tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
@@ -76,6 +85,7 @@ impl Lifecycle {
 
     /// Mark closed and stop background loops.
     pub fn close(&self) {
+        self.closing.cancel();
         self.closed.store(true, Ordering::Release);
         self.shutdown.cancel();
     }

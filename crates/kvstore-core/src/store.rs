@@ -357,7 +357,12 @@ impl<B: Backend> Store for B {
         check_ttl(self, ttl, "grant_lease")?;
         let asked = tokio::time::Instant::now();
         let grant = Backend::grant_lease(self, ttl).await?;
-        Ok(Lease::keep_alive(Arc::new(self.clone()), grant, asked))
+        Ok(Lease::keep_alive(
+            Arc::new(self.clone()),
+            grant,
+            asked,
+            Backend::closing(self),
+        ))
     }
 
     async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {

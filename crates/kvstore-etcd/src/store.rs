@@ -923,4 +923,8 @@ impl Backend for EtcdStore {
             .await;
         Ok(())
     }
+
+    fn closing(&self) -> Option<CancellationToken> {
+        Some(self.lifecycle.closing().clone())
+    }
 }

@@ -12,6 +12,7 @@ use kvstore_core::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::state::State;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     /// Wakes the reaper when lease deadlines change.
     deadlines: Arc<Notify>,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    /// Cancelled when the store is closed ([`Backend::closing`]).
+    pub(crate) closing: CancellationToken,
     max_value_size: usize,
 }
 
@@ -191,6 +194,7 @@ impl MemoryStore {
             watchers: Mutex::new(Registry::default()),
             deadlines: Arc::new(Notify::new()),
             reaper: Mutex::new(None),
+            closing: CancellationToken::new(),
             max_value_size: config.max_value_size,
         });
         MemoryStore::handle(shared, USER_AREA, config.namespace.trim_matches('/'))
@@ -394,6 +398,7 @@ impl Backend for MemoryStore {
     }
 
     async fn close(&self) -> Result<()> {
+        self.shared.closing.cancel();
         let mut state = self.shared.write_state();
         let before = state.revision();
         state.close();
@@ -411,5 +416,9 @@ impl Backend for MemoryStore {
             reaper.abort();
         }
         Ok(())
+    }
+
+    fn closing(&self) -> Option<CancellationToken> {
+        Some(self.shared.closing.clone())
     }
 }

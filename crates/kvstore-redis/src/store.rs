@@ -923,4 +923,8 @@ impl Backend for RedisStore {
             .await;
         Ok(())
     }
+
+    fn closing(&self) -> Option<CancellationToken> {
+        Some(self.lifecycle.closing().clone())
+    }
 }

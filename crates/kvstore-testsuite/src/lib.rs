@@ -206,6 +206,7 @@ macro_rules! __each_conformance_test {
             fencing_tokens_increase,
             locks_exclude_under_contention,
             close_makes_every_call_fail_with_closed,
+            leases_and_locks_are_lost_at_once_when_the_store_closes,
             txn_applies_its_branch_at_one_revision,
             txn_failed_compare_applies_nothing_of_the_other_branch,
             txn_compares_value_revision_create_revision_lease_and_absence,

@@ -1,7 +1,9 @@
 //! docs/CONTRACT.md §3 `close()` and §7 errors.
 
+use std::time::Duration;
+
 use futures::StreamExt;
-use kvstore_core::{Error, KvPair, LockOptions, PutOptions};
+use kvstore_core::{Error, KvPair, LeaseLoss, LockOptions, PutOptions};
 
 use crate::{Harness, WAIT, fresh_store, next_item, value};
 
@@ -75,5 +77,47 @@ pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
             .await
             .expect("lost() fires");
         assert_ne!(lost, kvstore_core::LeaseLoss::KeepAliveFailed);
+    }
+}
+
+/// Closing the store ends the leases and locks held through it, and says so at once:
+/// `lost()` resolves with `StoreClosed` long before the next keep-alive would have found
+/// out (docs/CONTRACT.md §3, §4), so a lock holder stops acting as one right away.
+pub async fn leases_and_locks_are_lost_at_once_when_the_store_closes(harness: &dyn Harness) {
+    // The next keep-alive is a third of this away: far beyond `PROMPTLY`.
+    const TTL: Duration = Duration::from_secs(60);
+    // A few round trips on a slow machine; no keep-alive is due before.
+    const PROMPTLY: Duration = Duration::from_secs(5);
+    let (_, store) = fresh_store(harness).await;
+    if !store.capabilities().leases {
+        return;
+    }
+    let lease = store.grant_lease(TTL).await.unwrap();
+    let guard = if store.capabilities().locks {
+        let options = LockOptions {
+            value: value("held"),
+            ttl: TTL,
+        };
+        Some(
+            store
+                .new_lock("jobs/nightly", options)
+                .unwrap()
+                .lock()
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    store.close().await.unwrap();
+    let lost = tokio::time::timeout(PROMPTLY, lease.lost())
+        .await
+        .expect("the lease's lost() resolves as soon as the store is closed");
+    assert_eq!(lost, LeaseLoss::StoreClosed);
+    if let Some(guard) = guard {
+        let lost = tokio::time::timeout(PROMPTLY, guard.lost())
+            .await
+            .expect("the lock's lost() resolves as soon as the store is closed");
+        assert_eq!(lost, LeaseLoss::StoreClosed);
     }
 }

@@ -681,6 +681,10 @@ impl Backend for ZooKeeperStore {
         self.session.close().await;
         Ok(())
     }
+
+    fn closing(&self) -> Option<CancellationToken> {
+        Some(self.lifecycle.closing().clone())
+    }
 }
 
 /// A write that lost every race it ran: retryable.

@@ -5,7 +5,8 @@
 //! [`Registration`], then guards the registration (docs/CONTRACT.md §9):
 //!
 //! - if the lease is lost (expired during an outage, revoked by someone), it registers
-//!   again on a new lease, retrying **forever** with jittered exponential backoff;
+//!   again on a new lease, retrying **forever** with jittered exponential backoff, never
+//!   waiting longer than the keep-alive interval (`ttl / 3`) between attempts;
 //! - if the record is deleted, or overwritten by something that is not a registration,
 //!   it writes it back;
 //! - **one id, one writer**: if a *newer* registration of the same id took the record (a
@@ -38,8 +39,19 @@ use crate::record::{self, Claim};
 
 /// First delay before registering again after a failure.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
-/// Longest delay between attempts to register again.
+/// Longest delay between attempts to register again; never longer than the
+/// registration's keep-alive interval (a third of its TTL), so a provider is back within
+/// about that interval once the registry answers again, however long it was gone.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// The longest delay between attempts to register again with a lease of `ttl`: the
+/// keep-alive interval (`ttl / 3`), within [`RETRY_MIN_DELAY`] and [`RETRY_MAX_DELAY`].
+/// Retrying as often as a live registration heartbeats costs the registry nothing more
+/// than the provider's normal load, and backing off past the TTL would keep the provider
+/// invisible long after the registry is back (docs/CONTRACT.md §9).
+fn retry_max_delay(ttl: Duration) -> Duration {
+    (ttl / 3).clamp(RETRY_MIN_DELAY, RETRY_MAX_DELAY)
+}
 
 /// Where a registration stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -505,7 +517,8 @@ impl Guard {
     /// The claim stays the same: a registration that comes back after an outage is not
     /// newer than one that started meanwhile.
     async fn reregister(&mut self, reason: String) -> Option<Lease> {
-        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, RETRY_MAX_DELAY);
+        let max_delay = retry_max_delay(self.ttl);
+        let mut delays = kvstore_core::backend::backoff(RETRY_MIN_DELAY, max_delay);
         let mut attempt = 0;
         let mut reason = reason;
         loop {
@@ -537,7 +550,7 @@ impl Guard {
                     tracing::warn!(key = %self.key, attempt, error = %e, "registering again failed; retrying");
                 }
             }
-            let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+            let delay = delays.next().unwrap_or(max_delay);
             let wake = tokio::time::sleep(delay);
             tokio::pin!(wake);
             loop {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kvstore_core::{Result, Store};
+use kvstore_core::{LeaseId, Result, Store};
 use kvstore_discovery::{
     Discovery, DiscoveryOptions, Health, Instance, InstanceChange, InstanceSet, Registrar,
-    StaleError,
+    RegistrationStatus, StaleError,
 };
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testsuite::server::{RedisServer, shared_redis};
@@ -232,4 +232,151 @@ async fn wait_for_file(path: &std::path::Path) {
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Wait until the registration is `Registered` on a lease other than `old`, at the
+/// latest at `deadline`; panics naming `what` otherwise.
+async fn registered_again(
+    registration: &kvstore_discovery::Registration,
+    old: LeaseId,
+    deadline: tokio::time::Instant,
+    what: &str,
+) {
+    let mut status = registration.status_changes();
+    let again = |s: &RegistrationStatus| matches!(s, RegistrationStatus::Registered { lease, .. } if *lease != old);
+    tokio::time::timeout_at(deadline, status.wait_for(again))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: not registered again in time: {:?}",
+                registration.status()
+            )
+        })
+        .expect("the registration task ended");
+}
+
+fn lease_of(registration: &kvstore_discovery::Registration) -> LeaseId {
+    match registration.status() {
+        RegistrationStatus::Registered { lease, .. } => lease,
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+/// Drive `set` until `done` holds, checking after every batch that the set is not
+/// empty, and keeping every change seen.
+async fn follow_never_empty(
+    set: &mut InstanceSet,
+    seen: &mut Vec<InstanceChange>,
+    what: &str,
+    done: impl Fn(&InstanceSet) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(set) {
+        let item = tokio::time::timeout_at(deadline, set.next()).await;
+        let item =
+            item.unwrap_or_else(|_| panic!("{what}: still {:?} {:?}", ids(set), set.health()));
+        match item {
+            Some(Ok(changes)) => seen.extend(changes),
+            Some(Err(_stale)) => {}
+            None => panic!("{what}: the set stopped"),
+        }
+        assert!(
+            !set.instances().is_empty(),
+            "{what}: the set emptied: {seen:?}"
+        );
+    }
+}
+
+/// Redis restarts empty while providers keep heartbeating (production: a Redis without
+/// persistence restarted by its orchestrator). Every registration notices within about
+/// its keep-alive interval (ttl / 3) and registers again on a new lease; consumers with
+/// protection keep serving the known set meanwhile, never empty, and follow the
+/// registry again once the providers are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeating_providers_come_back_promptly_when_redis_restarts_empty() {
+    const TTL: Duration = Duration::from_secs(3);
+    let mut server = RedisServer::start().unwrap();
+    let providers = store_on(&server).await;
+    let consumers = store_on(&server).await;
+    let registrar = Registrar::new(providers.clone());
+    let mut registrations = Vec::new();
+    for (id, port) in [("a", 9001), ("b", 9002), ("c", 9003)] {
+        let instance = Instance::new("api", id, format!("127.0.0.1:{port}"));
+        registrations.push(registrar.register(instance, TTL).await.unwrap());
+    }
+    // One consumer with the defaults (empty-push protection), one that holds every
+    // instance until all are back.
+    let mut all = DiscoveryOptions::default();
+    all.protect_threshold = 1.0;
+    let mut default_set = Discovery::new(consumers.clone())
+        .watch("api")
+        .await
+        .unwrap();
+    let mut strict_set = Discovery::with_options(consumers.clone(), all)
+        .unwrap()
+        .watch("api")
+        .await
+        .unwrap();
+    let synced = |set: &InstanceSet| set.health().is_synced() && ids(set) == ["a", "b", "c"];
+    let (mut seen_default, mut seen_strict) = (Vec::new(), Vec::new());
+    follow_never_empty(&mut default_set, &mut seen_default, "registered", synced).await;
+    follow_never_empty(&mut strict_set, &mut seen_strict, "registered", synced).await;
+    let before: Vec<LeaseId> = registrations.iter().map(lease_of).collect();
+
+    server.restart().unwrap();
+    // A registration learns of the loss at its next keep-alive (ttl / 3) or from the
+    // watch of its own record, whichever comes first; reconnecting takes a moment.
+    let deadline = tokio::time::Instant::now() + TTL / 3 + Duration::from_secs(2);
+    for (registration, old) in registrations.iter().zip(&before) {
+        registered_again(registration, *old, deadline, "after the restart").await;
+    }
+    follow_never_empty(
+        &mut default_set,
+        &mut seen_default,
+        "providers back",
+        synced,
+    )
+    .await;
+    follow_never_empty(&mut strict_set, &mut seen_strict, "providers back", synced).await;
+    assert!(
+        !seen_strict
+            .iter()
+            .any(|c| matches!(c, InstanceChange::Removed { .. })),
+        "{seen_strict:?}"
+    );
+}
+
+/// Redis is killed, stays down longer than the registrations' TTL (so they lose their
+/// leases and retry), and comes back empty: every registration is back within about
+/// its keep-alive interval of Redis answering again, not after a long backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_come_back_promptly_after_a_long_redis_outage() {
+    const TTL: Duration = Duration::from_secs(2);
+    let mut server = RedisServer::start().unwrap();
+    let providers = store_on(&server).await;
+    let registrar = Registrar::new(providers.clone());
+    let registration = registrar
+        .register(Instance::new("api", "a", "127.0.0.1:9001"), TTL)
+        .await
+        .unwrap();
+    let old = lease_of(&registration);
+
+    server.kill();
+    let mut status = registration.status_changes();
+    tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| matches!(s, RegistrationStatus::Reregistering { .. })),
+    )
+    .await
+    .expect("the registration notices the outage")
+    .unwrap();
+    // The outage: long enough for the retries to back off to several seconds.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    server.restart().unwrap();
+    // Reconnecting to the restarted server takes a moment.
+    let deadline = tokio::time::Instant::now() + TTL / 3 + Duration::from_secs(3);
+    registered_again(&registration, old, deadline, "after the outage").await;
+    let consumers = store_on(&server).await;
+    let set = Discovery::new(consumers).watch("api").await.unwrap();
+    assert_eq!(ids(&set), ["a"]);
 }

@@ -24,8 +24,10 @@ use crate::measure::{
     BenchResult, Percentiles, Table, Timing, histogram, median, millis, number, ratio, record,
 };
 
-/// Value size of the listed keys.
+/// Value size of the listed keys on the curve.
 const VALUE_SIZE: usize = 100;
+/// The last point of the curve: a prefix of 20 MiB of values (20,480 keys of 1 KiB).
+const LARGE_PREFIX: (usize, usize) = (20 * 1024, 1024);
 /// Keys per page of the raw etcd list, as `kvstore-etcd` reads them.
 const PAGE_KEYS: i64 = 1000;
 /// Requests in flight while filling a prefix.
@@ -138,8 +140,9 @@ async fn fill(
     raw: &RawLister,
     prefix: &str,
     count: usize,
+    value_size: usize,
 ) -> BenchResult<()> {
-    let value = Bytes::from(vec![b'v'; VALUE_SIZE]);
+    let value = Bytes::from(vec![b'v'; value_size]);
     for i in 0..count {
         raw.mirror(&format!("{prefix}/{i:06}"), &value)?;
     }
@@ -231,7 +234,7 @@ async fn snapshot_time(
 }
 
 /// The list curve of one backend: list and watch-snapshot time against prefix size
-/// (10 to 100,000 keys), ours against the raw list, with a get probe's p99 meanwhile.
+/// (10 to 100,000 keys of 100 bytes, then 20 MiB in 1 KiB values), ours against the raw list, with a get probe's p99 meanwhile.
 ///
 /// # Errors
 /// A failed request, or a list that did not return every key.
@@ -245,10 +248,14 @@ pub async fn curve(
     let mut table = Table::new(
         format!("{backend}: list and watch snapshot against prefix size"),
         format!(
-            "{VALUE_SIZE}-byte values. ms are medians of the repetitions shown, ours and raw alternating; *get p99 meanwhile* is the p99 of gets on a second connection while the list runs (all repetitions; a get that failed, timed out or refused by a server busy with a script, counts with the time it waited), which shows how long the server is blocked. *watch snapshot* is the time from `watch_prefix_events(prefix, Snapshot)` to holding the snapshot. A list that is one server-side script (Redis) blocks every other client for its whole length, so *get p99 meanwhile* follows the list time; a paged list bounds it by one page."
+            "{VALUE_SIZE}-byte values, and a last row of {} values of {} KiB ({} MiB of values). ms are medians of the repetitions shown, ours and raw alternating; *get p99 meanwhile* is the p99 of gets on a second connection while the list runs (all repetitions; a get that failed, timed out or refused by a server busy with a script, counts with the time it waited), which shows how long the server is blocked. *watch snapshot* is the time from `watch_prefix_events(prefix, Snapshot)` to holding the snapshot. A list that is one server-side script (Redis) blocks every other client for its whole length, so *get p99 meanwhile* follows the list time; a paged list bounds it by one page.",
+            LARGE_PREFIX.0,
+            LARGE_PREFIX.1 / 1024,
+            (LARGE_PREFIX.0 * LARGE_PREFIX.1) >> 20,
         ),
         &[
             "keys",
+            "value bytes",
             "repetitions",
             "ours list ms",
             "raw list ms",
@@ -259,23 +266,29 @@ pub async fn curve(
             "watch snapshot ms",
         ],
     );
-    let sizes: &[usize] = if timing.quick {
-        &[10, 1000]
+    let sizes: &[(usize, usize)] = if timing.quick {
+        &[(10, VALUE_SIZE), (1000, VALUE_SIZE)]
     } else {
-        &[10, 1000, 10_000, 100_000]
+        &[
+            (10, VALUE_SIZE),
+            (1000, VALUE_SIZE),
+            (10_000, VALUE_SIZE),
+            (100_000, VALUE_SIZE),
+            LARGE_PREFIX,
+        ]
     };
     store
         .put("probe/key", Bytes::from_static(b"x"), PutOptions::default())
         .await?;
-    for &size in sizes {
-        let prefix = format!("list-{size}");
+    for &(size, value_size) in sizes {
+        let prefix = format!("list-{size}-{value_size}");
         let filled = Instant::now();
-        fill(store, raw, &prefix, size).await?;
+        fill(store, raw, &prefix, size, value_size).await?;
         eprintln!(
-            "  {backend}: {size} keys written in {:.1} s",
+            "  {backend}: {size} keys of {value_size} bytes written in {:.1} s",
             filled.elapsed().as_secs_f64()
         );
-        let repetitions = if size >= 100_000 { 3 } else { 5 };
+        let repetitions = if size * value_size >= 10 << 20 { 3 } else { 5 };
         let (mut ours_ms, mut raw_ms, mut snapshot_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ours_failed, mut raw_failed) = (0u64, 0u64);
         let (mut ours_probe, mut raw_probe) = (histogram(), histogram());
@@ -326,6 +339,7 @@ pub async fn curve(
         };
         table.row(vec![
             size.to_string(),
+            value_size.to_string(),
             repetitions.to_string(),
             number(median(&ours_ms)),
             number(median(&raw_ms)),

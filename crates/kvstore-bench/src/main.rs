@@ -112,7 +112,7 @@ enum Section {
     InflightCurve,
     /// get/put against value size (10 B → 1 MiB).
     ValueSizeCurve,
-    /// List and watch-snapshot time against prefix size (10 → 100,000 keys).
+    /// List and watch-snapshot time against prefix size (10 → 100,000 keys), and a 20 MiB prefix.
     ListCurve,
     /// Writes and delivery lag against idle watchers on other prefixes (0 → 10,000).
     WatchersCurve,

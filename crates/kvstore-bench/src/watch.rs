@@ -251,6 +251,11 @@ pub async fn fan_out_raw_etcd(
     Ok(times)
 }
 
+/// Time given to new idle watchers to finish starting before the writes, at least.
+const SETTLE_MIN: Duration = Duration::from_millis(200);
+/// And for each new idle watcher.
+const SETTLE_PER_WATCHER: Duration = Duration::from_micros(100);
+
 /// Write throughput and delivery lag against idle watchers on unrelated prefixes
 /// (0, 100, 1,000 and 10,000), each drained by its own task as a real consumer would.
 ///
@@ -266,7 +271,7 @@ pub async fn watchers_curve(
     let mut table = Table::new(
         format!("{backend}: writes and delivery against idle watchers on other prefixes"),
         format!(
-            "Idle watchers each watch their own prefix `idle/N` (nothing is written there) and are drained by a task each. *put ops/s*: puts to `hot/…` with 16 in flight for {:.2} s. *lag*: put → a watcher of `hot` has it, {lag_samples} sequential samples or {} s, whichever ends first (µs). *heap per watcher*: client heap the new watchers hold (counted only while they are created). A flat column means watchers of other prefixes cost a write nothing. Where it falls, look at how a change reaches watchers: on Redis every watcher of a store receives every change-log entry from the store's one stream reader and decodes it before filtering by prefix, and one that falls behind catches up with its own `XRANGE`; the memory store wakes only the watchers whose key or prefix a change touches; etcd filters on the server, one gRPC stream per watcher.",
+            "Idle watchers each watch their own prefix `idle/N` (nothing is written there) and are drained by a task each; new ones get 0.2 s + 0.1 ms each to finish starting before the writes. *put ops/s*: puts to `hot/…` with 16 in flight for {:.2} s. *lag*: put → a watcher of `hot` has it, {lag_samples} sequential samples or {} s, whichever ends first (µs). *heap per watcher*: client heap the new watchers hold (counted only while they are created). A flat column means watchers of other prefixes cost a write nothing. Where it falls, look at how a change reaches watchers: on Redis the store's one stream reader decodes each change-log entry once and wakes every watcher of the store with each batch, which drops what is not its prefix, and one that falls behind catches up with its own `XRANGE`; the memory store wakes only the watchers whose key or prefix a change touches; etcd filters on the server, one gRPC stream per watcher.",
             write_time.as_secs_f64(),
             LAG_TIME_BOX.as_secs_f64()
         ),
@@ -313,6 +318,10 @@ pub async fn watchers_curve(
             per_watch_ms = millis(started.elapsed()) / new as f64;
             heap_kib = (phase.live_bytes() - before) / new as f64 / 1024.0;
             drop(phase);
+            // A new watcher may still be catching up on its history (a Redis watcher's
+            // first `XRANGE`) after its snapshot; let that settle, so the rows measure
+            // watchers that sit idle, not their start.
+            tokio::time::sleep(SETTLE_MIN + SETTLE_PER_WATCHER * new as u32).await;
         }
         let rate = run_for(write_time, 16, None, |i| {
             let (store, value) = (store.clone(), value.clone());

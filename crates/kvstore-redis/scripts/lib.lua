@@ -3,7 +3,7 @@
 -- KEYS[1] is the store's revision counter "{ns}:rev". Every other key of the store has
 -- the same "{ns}:" prefix, so on Redis Cluster they all live in the hash slot of "{ns}".
 -- ARGV[1] is a fresh random id of this call (epoch candidate, and the "tip" stamped on
--- the change log entries it writes), ARGV[2] the approximate stream length.
+-- the change log entries it writes), ARGV[2] the bounds of the change log, "entries:bytes".
 --
 -- Numbers: revisions start at the server's clock in microseconds (about 1.8e15), above
 -- Lua's 14-digit default formatting, so every such number passed to redis.call or joined
@@ -39,7 +39,9 @@ local LOG = P .. 'log'
 local LEASES = P .. 'leases'
 local LEASE_TTL = P .. 'lease-ttl'
 local EPOCH_CANDIDATE = ARGV[1]
-local MAXLEN = ARGV[2]
+-- The change log's bounds, 'entries:bytes' (bytes 0: no bound in bytes).
+local MAXLEN, MAXBYTES = string.match(ARGV[2], '^(%d+):(%d+)$')
+MAXBYTES = tonumber(MAXBYTES)
 
 local function int(n) return string.format('%d', n) end
 
@@ -119,10 +121,23 @@ local function log_put(srev, seq, count, area, key, value, screv, lease)
     'value', value, 'create_revision', screv, 'lease', lease)
 end
 
+-- Keep the change log within MAXBYTES of server memory, approximately, as `MAXLEN ~`
+-- keeps it within MAXLEN entries: every 32nd revision, estimate its size and, when it is
+-- over, trim the oldest entries in proportion. A watcher behind what was trimmed gets a
+-- Resync, as after any trim.
+local function bound_log_bytes(srev)
+  if MAXBYTES == 0 or tonumber(srev) % 32 ~= 0 then return end
+  local used = redis.call('MEMORY', 'USAGE', LOG, 'SAMPLES', 5)
+  if not used or used <= MAXBYTES then return end
+  local keep = math.floor(redis.call('XLEN', LOG) * MAXBYTES / used)
+  redis.call('XTRIM', LOG, 'MAXLEN', '~', keep)
+end
+
 -- Make `srev` (logged already) the store's revision.
 local function commit_revision(srev, fresh)
   redis.call('SET', REV, srev)
   if fresh then redis.call('SET', EPOCH, EPOCH_CANDIDATE, 'NX') end
+  bound_log_bytes(srev)
 end
 
 local function detach(area, key, lease)

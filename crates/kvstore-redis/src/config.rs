@@ -17,6 +17,10 @@ pub const DEFAULT_NAMESPACE: &str = "kvstore";
 /// Default approximate length of the change stream (`XADD MAXLEN ~`): how far a watcher
 /// may fall behind before it gets a `Resync`.
 pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
+/// Default approximate size in bytes the change stream is trimmed to: 64 MiB. Each entry
+/// holds its value, so with large values this bound, not [`DEFAULT_STREAM_MAX_LEN`],
+/// decides how far a watcher may fall behind before it gets a `Resync`.
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 64 << 20;
 /// Default largest value: 1.5 MiB, as etcd, so code moves between backends unchanged.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
 /// Default time a write waits for its replicas when [`RedisConfig::wait_replicas`] is
@@ -52,8 +56,14 @@ pub struct RedisConfig {
     /// Deadline of each request. Default 5 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub response_timeout: Duration,
-    /// Approximate length the change stream is trimmed to. Default 100,000.
+    /// Approximate length the change stream is trimmed to, in entries (`XADD MAXLEN ~`).
+    /// Default 100,000. URL option `stream_max_len`.
     pub stream_max_len: u64,
+    /// Approximate size the change stream is trimmed to, in bytes of server memory (as
+    /// `MEMORY USAGE` estimates it, checked every 32nd revision); 0 for no bound in
+    /// bytes. Default [`DEFAULT_STREAM_MAX_BYTES`] (64 MiB). URL option
+    /// `stream_max_bytes`.
+    pub stream_max_bytes: u64,
     /// Largest value accepted, in bytes. Default 1.5 MiB.
     pub max_value_size: usize,
     /// Opt-in durability: after every write (puts, deletes, lease grants, keep-alives and
@@ -96,6 +106,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("stream_max_len", &self.stream_max_len)
+            .field("stream_max_bytes", &self.stream_max_bytes)
             .field("max_value_size", &self.max_value_size)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
@@ -115,6 +126,7 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             stream_max_len: DEFAULT_STREAM_MAX_LEN,
+            stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
@@ -232,6 +244,16 @@ impl RedisConfig {
             "connect_timeout" => self.connect_timeout = millis()?,
             "response_timeout" => self.response_timeout = millis()?,
             "wait_timeout" => self.wait_timeout = millis()?,
+            "stream_max_len" | "stream_max_bytes" => {
+                let bound = value
+                    .parse()
+                    .map_err(|_| format!("{name} must be a count, got {value:?}"))?;
+                if name == "stream_max_len" {
+                    self.stream_max_len = bound;
+                } else {
+                    self.stream_max_bytes = bound;
+                }
+            }
             "wait_replicas" => {
                 self.wait_replicas = value
                     .parse()
@@ -259,6 +281,9 @@ impl RedisConfig {
         }
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return bad("redis timeouts must be greater than zero".into());
+        }
+        if self.stream_max_len == 0 {
+            return bad("stream_max_len must be greater than zero".into());
         }
         if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
             return bad(format!(
@@ -334,6 +359,20 @@ mod tests {
     }
 
     #[test]
+    fn the_change_log_bounds_are_url_options() {
+        let config =
+            RedisConfig::from_url("redis://h:6379/0?stream_max_len=5000&stream_max_bytes=1048576")
+                .unwrap();
+        assert_eq!(config.url, "redis://h:6379/0");
+        assert_eq!(
+            (config.stream_max_len, config.stream_max_bytes),
+            (5000, 1 << 20)
+        );
+        let defaults = RedisConfig::from_url("redis://h:6379/0").unwrap();
+        assert_eq!(defaults.stream_max_bytes, DEFAULT_STREAM_MAX_BYTES);
+    }
+
+    #[test]
     fn malformed_urls_name_the_problem() {
         for (url, needle) in [
             ("h:6379", "redis://"),
@@ -341,6 +380,8 @@ mod tests {
             ("redis://h:6379/zero", "database number"),
             ("redis://h:6379?colour=1", "colour"),
             ("redis://h:6379?namespace={x}", "namespace"),
+            ("redis://h:6379?stream_max_len=0", "stream_max_len"),
+            ("redis://h:6379?stream_max_bytes=lots", "stream_max_bytes"),
         ] {
             match RedisConfig::from_url(url) {
                 Err(Error::Config { message }) => {

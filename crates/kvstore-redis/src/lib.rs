@@ -60,10 +60,11 @@
 //! trimmed entry at the watcher's position (the tip cannot be compared); values written
 //! between a primary's last replication and its failure when `wait_replicas` is 0.
 //!
-//! The stream is bounded in entries (`stream_max_len`, default 100,000, approximate);
-//! each entry holds its value, so its size in bytes is at most
-//! `stream_max_len × (max_value_size + key + ~100 B)`: with 1 KiB values about 110 MiB at
-//! the default bound. Lower `stream_max_len` for large values.
+//! The stream is bounded in entries (`stream_max_len`, default 100,000) and in bytes of
+//! server memory (`stream_max_bytes`, default 64 MiB), both approximately: each entry
+//! holds its value, so with values of 1 KiB and more the bound in bytes is the one that
+//! trims (about 55,000 entries of 1 KiB at the default). A watcher further behind than
+//! the stream keeps gets a `Resync`.
 //!
 //! - **Layout**, all under the hash tag `{namespace}` (one Redis Cluster slot):
 //!
@@ -107,7 +108,7 @@ mod watch;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_RESPONSE_TIMEOUT,
-    DEFAULT_STREAM_MAX_LEN, DEFAULT_WAIT_TIMEOUT, RedisConfig,
+    DEFAULT_STREAM_MAX_BYTES, DEFAULT_STREAM_MAX_LEN, DEFAULT_WAIT_TIMEOUT, RedisConfig,
 };
 pub use store::{REAP_INTERVAL, RedisStore};
 pub use watch::{WATCH_BLOCK, WATCH_CLIENT_NAME};

@@ -339,7 +339,9 @@ fn invocation<'a>(
     args: &[&[u8]],
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(revision_key);
-    invocation.arg(epoch_candidate()).arg(config.stream_max_len);
+    // The prelude reads both bounds of the change log from one argument.
+    let bounds = format!("{}:{}", config.stream_max_len, config.stream_max_bytes);
+    invocation.arg(epoch_candidate()).arg(bounds);
     for arg in args {
         invocation.arg(*arg);
     }

@@ -356,12 +356,28 @@ impl<B: Backend> Store for B {
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         check_ttl(self, ttl, "grant_lease")?;
         let asked = tokio::time::Instant::now();
+        let closing = Backend::closing(self);
+        let is_closing = || closing.as_ref().is_some_and(|c| c.is_cancelled());
+        let closed = || Error::Closed {
+            backend: Backend::backend(self),
+        };
+        // A lease granted once the close has begun would escape it: the close revokes
+        // only the leases it took when it began (docs/CONTRACT.md §3).
+        if is_closing() {
+            return Err(closed());
+        }
         let grant = Backend::grant_lease(self, ttl).await?;
+        if is_closing() {
+            if let Err(error) = Backend::revoke_lease(self, grant.id).await {
+                tracing::debug!(lease = %grant.id, %error, "revoking a lease granted during close failed; it expires after its TTL");
+            }
+            return Err(closed());
+        }
         Ok(Lease::keep_alive(
             Arc::new(self.clone()),
             grant,
             asked,
-            Backend::closing(self),
+            closing,
         ))
     }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvstore_core::{Error, Key, KvPair, Lease, LeaseId, PutOptions, Result, Store};
+use kvstore_core::{Error, Key, KvPair, Lease, LeaseId, LeaseLoss, PutOptions, Result, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -426,7 +426,12 @@ impl Guard {
         };
         loop {
             tokio::select! {
-                reason = lease.lost() => return Outcome::Lost(reason.to_string()),
+                reason = lease.lost() => return match reason {
+                    // The store's close revokes the lease: registering again would only
+                    // outlive the close.
+                    LeaseLoss::StoreClosed => Outcome::Closed,
+                    reason => Outcome::Lost(reason.to_string()),
+                },
                 state = own.next() => match state {
                     None => return Outcome::Closed,
                     Some(Err(e)) => tracing::warn!(key = %self.key, error = %e, "watch of own record failed"),

@@ -380,3 +380,39 @@ async fn providers_come_back_promptly_after_a_long_redis_outage() {
     let set = Discovery::new(consumers).watch("api").await.unwrap();
     assert_eq!(ids(&set), ["a"]);
 }
+
+/// Closing the store a registration runs on ends it: the close revokes its lease, the
+/// registration stops instead of registering again on the closing store, and once
+/// `close()` returns no record is left for consumers (here with 300 other leases of the
+/// store, so the close takes a while to revoke them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_store_leaves_no_registration_behind() {
+    const TTL: Duration = Duration::from_secs(30);
+    let namespace = kvstore_testsuite::unique_namespace();
+    let open = |namespace: String| async move {
+        let mut config = RedisConfig::new(shared_redis().url());
+        config.namespace = namespace;
+        Arc::new(RedisStore::connect(config).await.unwrap()) as Arc<dyn Store>
+    };
+    let store = open(namespace.clone()).await;
+    let observer = open(namespace).await;
+    let registration = Registrar::new(store.clone())
+        .register(Instance::new("api", "a", "127.0.0.1:1"), TTL)
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for _ in 0..300 {
+        others.push(store.grant_lease(TTL).await.unwrap());
+    }
+    let mut status = registration.status_changes();
+    store.close().await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| matches!(s, RegistrationStatus::Stopped)),
+    )
+    .await
+    .expect("the registration stops when its store is closed")
+    .unwrap();
+    assert!(!observer.exists("services/api/a").await.unwrap());
+    drop(others);
+}

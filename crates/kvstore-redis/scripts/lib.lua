@@ -124,13 +124,16 @@ end
 -- Keep the change log within MAXBYTES of server memory, approximately, as `MAXLEN ~`
 -- keeps it within MAXLEN entries: every 32nd revision, estimate its size and, when it is
 -- over, trim the oldest entries in proportion. A watcher behind what was trimmed gets a
--- Resync, as after any trim.
+-- Resync, as after any trim. Best effort, and it can never fail: it runs after the
+-- first write of the call (Redis does not roll a script back), so a server without
+-- `MEMORY` (renamed, denied by an ACL) keeps only the bound in entries.
 local function bound_log_bytes(srev)
   if MAXBYTES == 0 or tonumber(srev) % 32 ~= 0 then return end
-  local used = redis.call('MEMORY', 'USAGE', LOG, 'SAMPLES', 5)
-  if not used or used <= MAXBYTES then return end
-  local keep = math.floor(redis.call('XLEN', LOG) * MAXBYTES / used)
-  redis.call('XTRIM', LOG, 'MAXLEN', '~', keep)
+  local used = redis.pcall('MEMORY', 'USAGE', LOG, 'SAMPLES', 5)
+  if type(used) ~= 'number' or used <= MAXBYTES then return end
+  local entries = redis.pcall('XLEN', LOG)
+  if type(entries) ~= 'number' then return end
+  redis.pcall('XTRIM', LOG, 'MAXLEN', '~', math.floor(entries * MAXBYTES / used))
 end
 
 -- Make `srev` (logged already) the store's revision.

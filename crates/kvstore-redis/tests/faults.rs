@@ -113,12 +113,20 @@ async fn stream_trimmed_past_a_watcher_that_fell_behind_yields_resync() {
         WatchEvent::Put(first)
     );
 
-    // Not polled while history moves on and is trimmed away.
+    // Not polled while history moves on and is trimmed away. A second watcher takes each
+    // write before the next is sent, so the shared reader reads (and broadcasts) every
+    // write as a batch of its own, and the first watcher surely falls behind its buffer.
+    let mut pacer = store
+        .watch_prefix_events("noise", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut pacer, "pacer snapshot").await;
     for i in 0..WRITES {
-        store
-            .put("noise", Bytes::from(i.to_string()), PutOptions::default())
+        let pair = store
+            .put("noise/n", Bytes::from(i.to_string()), PutOptions::default())
             .await
             .unwrap();
+        assert_eq!(next_item(&mut pacer, "noise").await, WatchEvent::Put(pair));
     }
     put_retrying(&store, "cfg/b", "2").await;
     store.delete("cfg/a").await.unwrap();
@@ -314,4 +322,97 @@ async fn the_change_log_is_trimmed_to_its_bound_in_bytes() {
         resynced,
         "the watcher behind the trimmed history did not resync"
     );
+}
+
+/// A server that refuses `MEMORY` (renamed here; an ACL or a managed service does the
+/// same) keeps only the bound in entries: the check of the bound in bytes never fails a
+/// write, so no write half-applies (logged and counted but without its data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_apply_whole_on_a_server_without_memory_usage() {
+    let server =
+        RedisServer::start_with(&["--rename-command", "MEMORY", "memory-is-disabled"]).unwrap();
+    let mut config = RedisConfig::new(server.url());
+    config.namespace = unique_namespace();
+    // Small enough that the check would trim, if it could measure.
+    config.stream_max_bytes = 1024;
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
+    let mut events = store
+        .watch_prefix_events("k", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+    // Past at least one revision that is a multiple of 32, where the check runs.
+    for i in 0..64 {
+        let key = format!("k/{i:02}");
+        let pair = store
+            .put(&key, Bytes::from("v"), PutOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("put of {key}: {e}"));
+        assert_eq!(store.get(&key).await.unwrap(), pair);
+        assert_eq!(next_item(&mut events, "put").await, WatchEvent::Put(pair));
+    }
+}
+
+/// The same for a lease expiry that lands on a revision where the check runs: the
+/// expired lease's keys are deleted with it, so the key can be taken again (as a lock is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_applies_whole_on_a_server_without_memory_usage() {
+    let server =
+        RedisServer::start_with(&["--rename-command", "MEMORY", "memory-is-disabled"]).unwrap();
+    let namespace = unique_namespace();
+    let mut config = RedisConfig::new(server.url());
+    config.namespace = namespace.clone();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
+    let mut raw = raw(&server.url()).await;
+    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    store
+        .put(
+            "locks/holder",
+            Bytes::from("me"),
+            PutOptions::with_lease(lease.id()),
+        )
+        .await
+        .unwrap();
+    let mut holder = store
+        .watch_prefix_events("locks", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut holder, "snapshot").await;
+    // Bring the revision to 31 mod 32, so the expiry is a multiple of 32.
+    let revision_key = format!("{{{namespace}}}:rev");
+    for i in 0.. {
+        let revision: u64 = redis::cmd("GET")
+            .arg(&revision_key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if revision % 32 == 31 {
+            break;
+        }
+        store
+            .put(
+                &format!("filler/{i}"),
+                Bytes::from("x"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    lease.abandon();
+    match next_item(&mut holder, "the expiry").await {
+        WatchEvent::Delete { key, revision } => {
+            assert_eq!(key, "locks/holder");
+            assert_eq!(revision % 32, 0);
+        }
+        other => panic!("expected the holder's delete, got {other:?}"),
+    }
+    store
+        .atomic_put(
+            "locks/holder",
+            Bytes::from("next holder"),
+            None,
+            PutOptions::default(),
+        )
+        .await
+        .expect("the expired holder's key can be taken again");
 }

@@ -244,11 +244,8 @@ async fn keep_alive_loop(
                 next = (sent + life / 3).max(Instant::now());
                 continue;
             }
-            Ok(Err(Error::LeaseLost { .. }) | Err(Error::Closed { .. }))
-                if closing.is_cancelled() =>
-            {
-                LeaseLoss::StoreClosed
-            }
+            // Gone because the close revoked it first: lost to the close, not expired.
+            Ok(Err(Error::LeaseLost { .. })) if closing.is_cancelled() => LeaseLoss::StoreClosed,
             Ok(Err(Error::LeaseLost { reason, .. })) => reason,
             Ok(Err(Error::Closed { .. })) => LeaseLoss::StoreClosed,
             Ok(Err(error)) if Instant::now() < expires => {

@@ -84,15 +84,29 @@ async fn until(
     what: &str,
     done: impl Fn(&InstanceSet) -> bool,
 ) {
+    drive(set, seen, what, done, |_, _| {}).await;
+}
+
+/// Read the set's stream until `done` holds for it, keeping every change seen and
+/// running `check` on the set and the changes so far after each item.
+async fn drive(
+    set: &mut InstanceSet,
+    seen: &mut Vec<InstanceChange>,
+    what: &str,
+    done: impl Fn(&InstanceSet) -> bool,
+    check: impl Fn(&InstanceSet, &[InstanceChange]),
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !done(set) {
         let item = tokio::time::timeout_at(deadline, set.next()).await;
-        let item = item.unwrap_or_else(|_| panic!("{what}: still {:?}", set.health()));
+        let item =
+            item.unwrap_or_else(|_| panic!("{what}: still {:?} {:?}", ids(set), set.health()));
         match item {
             Some(Ok(changes)) => seen.extend(changes),
             Some(Err(_stale)) => {}
             None => panic!("{what}: the set stopped"),
         }
+        check(set, seen);
     }
 }
 
@@ -270,21 +284,13 @@ async fn follow_never_empty(
     what: &str,
     done: impl Fn(&InstanceSet) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(set) {
-        let item = tokio::time::timeout_at(deadline, set.next()).await;
-        let item =
-            item.unwrap_or_else(|_| panic!("{what}: still {:?} {:?}", ids(set), set.health()));
-        match item {
-            Some(Ok(changes)) => seen.extend(changes),
-            Some(Err(_stale)) => {}
-            None => panic!("{what}: the set stopped"),
-        }
+    drive(set, seen, what, done, |set, seen| {
         assert!(
             !set.instances().is_empty(),
             "{what}: the set emptied: {seen:?}"
         );
-    }
+    })
+    .await;
 }
 
 /// Redis restarts empty while providers keep heartbeating (production: a Redis without

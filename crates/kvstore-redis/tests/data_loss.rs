@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use kvstore_core::{Error, LeaseLoss, LockOptions, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testsuite::proxy::TcpProxy;
@@ -117,55 +119,89 @@ async fn keep_alive_and_revoke_of_a_lease_the_server_forgot_do_not_touch_others(
     assert_eq!(second.get("k").await.unwrap().value, "v");
 }
 
-/// Data rolled back with the same epoch (a restart from an older RDB snapshot), and other
-/// clients writing past the watcher's position before it reconnects: the watcher must not
-/// keep changes that no longer exist.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_resyncs_after_a_rollback_that_others_wrote_past() {
-    let mut server = RedisServer::start().unwrap();
+/// A fresh server, a proxy to it, a namespace of its own, and two stores in it: a writer
+/// connected directly and a watcher connected through the proxy (to cut it off).
+async fn behind_proxy() -> (RedisServer, TcpProxy, String, RedisStore, RedisStore) {
+    let server = RedisServer::start().unwrap();
     let target: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
     let proxy = TcpProxy::start(target).unwrap();
     let namespace = unique_namespace();
     let writer = connect(server.url(), &namespace).await;
     let watcher = connect(proxy_url(&proxy), &namespace).await;
+    (server, proxy, namespace, writer, watcher)
+}
 
-    put_retrying(
-        &(Arc::new(writer.clone()) as Arc<dyn Store>),
-        "cfg/base",
-        "0",
-    )
-    .await;
-    let mut events = watcher
-        .watch_prefix_events("cfg", WatchFrom::Snapshot)
-        .await
-        .unwrap();
-    next_item(&mut events, "snapshot").await;
-    // The snapshot the server will come back from.
-    let _: () = redis::cmd("SAVE")
-        .query_async(&mut raw(&server.url()).await)
-        .await
-        .unwrap();
-    for i in 0..3 {
-        let pair = writer
-            .put(
-                &format!("cfg/lost-{i}"),
-                Bytes::from("x"),
-                PutOptions::default(),
-            )
+/// A watcher of `cfg` on a server about to roll back: it saw `cfg/base`, which the
+/// server's saved snapshot holds, and three later writes the rollback will lose (the
+/// store's shared reader has read past them). The watcher reaches the server through
+/// `proxy`.
+struct BeforeRollback {
+    server: RedisServer,
+    proxy: TcpProxy,
+    namespace: String,
+    events: BoxStream<'static, kvstore_core::Result<WatchEvent>>,
+}
+
+impl BeforeRollback {
+    async fn prepare() -> BeforeRollback {
+        let (server, proxy, namespace, writer, watcher) = behind_proxy().await;
+
+        put_retrying(
+            &(Arc::new(writer.clone()) as Arc<dyn Store>),
+            "cfg/base",
+            "0",
+        )
+        .await;
+        let mut events = watcher
+            .watch_prefix_events("cfg", WatchFrom::Snapshot)
             .await
             .unwrap();
-        match next_item(&mut events, "write before the rollback").await {
-            WatchEvent::Put(seen) => assert_eq!(seen, pair),
-            other => panic!("expected a put, got {other:?}"),
+        next_item(&mut events, "snapshot").await;
+        // The snapshot the server will come back from.
+        let _: () = redis::cmd("SAVE")
+            .query_async(&mut raw(&server.url()).await)
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let pair = writer
+                .put(
+                    &format!("cfg/lost-{i}"),
+                    Bytes::from("x"),
+                    PutOptions::default(),
+                )
+                .await
+                .unwrap();
+            match next_item(&mut events, "write before the rollback").await {
+                WatchEvent::Put(seen) => assert_eq!(seen, pair),
+                other => panic!("expected a put, got {other:?}"),
+            }
+        }
+        BeforeRollback {
+            server,
+            proxy,
+            namespace,
+            events,
         }
     }
 
-    // The watcher is cut off while the server restarts from the older snapshot and other
-    // clients write more revisions than were lost.
-    proxy.refuse();
-    server.kill();
-    server.restart().unwrap();
-    let writer = connect(server.url(), &namespace).await;
+    /// Cut the watcher off and restart the server from the saved snapshot; a writer on
+    /// the rolled-back server. The watcher stays cut off until `proxy.restore()`.
+    async fn roll_back(&mut self) -> RedisStore {
+        self.proxy.refuse();
+        self.server.kill();
+        self.server.restart().unwrap();
+        connect(self.server.url(), &self.namespace).await
+    }
+}
+
+/// Data rolled back with the same epoch (a restart from an older RDB snapshot), and other
+/// clients writing past the watcher's position before it reconnects: the watcher must not
+/// keep changes that no longer exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resyncs_after_a_rollback_that_others_wrote_past() {
+    let mut before = BeforeRollback::prepare().await;
+    // Other clients write more revisions than were lost while the watcher is cut off.
+    let writer = before.roll_back().await;
     let mut rewritten = Vec::new();
     for i in 0..6 {
         rewritten.push(
@@ -179,9 +215,9 @@ async fn a_watcher_resyncs_after_a_rollback_that_others_wrote_past() {
                 .unwrap(),
         );
     }
-    proxy.restore();
+    before.proxy.restore();
 
-    match next_item(&mut events, "after the rollback").await {
+    match next_item(&mut before.events, "after the rollback").await {
         WatchEvent::Resync(snapshot) => {
             let keys: Vec<&str> = snapshot.pairs.iter().map(|p| p.key.as_str()).collect();
             let mut expected = vec!["cfg/base"];
@@ -193,16 +229,54 @@ async fn a_watcher_resyncs_after_a_rollback_that_others_wrote_past() {
     }
 }
 
+/// After a rollback that keeps the data epoch, the store's shared stream reader starts
+/// again from the stream's new top: a write of the new history, at a revision the old
+/// history also had, reaches a watcher that already resynced, without waiting for the
+/// revisions to pass the old top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollback_the_new_history_reaches_watchers_at_once() {
+    let mut before = BeforeRollback::prepare().await;
+    let writer = before.roll_back().await;
+    before.proxy.restore();
+    let events = &mut before.events;
+
+    match next_item(events, "after the rollback").await {
+        WatchEvent::Resync(snapshot) => {
+            let keys: Vec<&str> = snapshot.pairs.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["cfg/base"]);
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+
+    // Let the watcher finish catching up and wait on the shared reader (nothing is
+    // written meanwhile, so nothing may arrive).
+    let quiet = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    assert!(quiet.is_err(), "nothing was written: {quiet:?}");
+    // A write of the new history, at a revision the old history also had.
+    let pair = writer
+        .put("cfg/after", Bytes::from("y"), PutOptions::default())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    match got {
+        Ok(Some(Ok(WatchEvent::Put(seen)))) => assert_eq!(seen, pair),
+        Ok(other) => panic!(
+            "expected the put at revision {}, got {other:?}",
+            pair.revision
+        ),
+        Err(_) => panic!(
+            "the put at revision {} was not delivered within 10 s: the reader still reads \
+             after the top before the rollback",
+            pair.revision
+        ),
+    }
+}
+
 /// A server that goes silent without closing the connection (a crashed host, a
 /// blackholed network): the watch notices within its bounded time and reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_a_silent_server_reconnects_and_misses_nothing() {
-    let server = RedisServer::start().unwrap();
-    let target: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
-    let proxy = TcpProxy::start(target).unwrap();
-    let namespace = unique_namespace();
-    let writer = connect(server.url(), &namespace).await;
-    let watcher = connect(proxy_url(&proxy), &namespace).await;
+    let (_server, proxy, _namespace, writer, watcher) = behind_proxy().await;
     let mut events = watcher
         .watch_prefix_events("jobs", WatchFrom::Snapshot)
         .await

@@ -416,3 +416,55 @@ async fn lease_expiry_applies_whole_on_a_server_without_memory_usage() {
         .await
         .expect("the expired holder's key can be taken again");
 }
+
+/// Connections the server at `url` accepted so far (`INFO stats`).
+async fn connections_received(url: &str) -> u64 {
+    let mut raw = raw(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A reader whose reads keep failing on a connection that was made fine (an ACL that
+/// denies `XREAD`; `-LOADING` while a restarted server loads its data) tries again after
+/// the resume backoff, not at once in a loop of new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_reads_fail_backs_off() {
+    let server = RedisServer::start().unwrap();
+    let mut raw = raw(&server.url()).await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "noxread", "on", ">pw", "~*", "&*", "+@all", "-xread",
+        ])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let url = format!("redis://noxread:pw@127.0.0.1:{}", server.port());
+    let mut config = RedisConfig::new(url);
+    config.namespace = unique_namespace();
+    let store = RedisStore::connect(config).await.unwrap();
+    let mut events = store
+        .watch_prefix_events("cfg", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    next_item(&mut events, "snapshot").await;
+
+    let before = connections_received(&server.url()).await;
+    // Keep the watch polled for two seconds: nothing is written.
+    let _ = tokio::time::timeout(Duration::from_secs(2), events.next()).await;
+    let made = connections_received(&server.url()).await - before;
+    // With the resume backoff (50 ms doubling to 3 s) a failing reader would connect a
+    // handful of times in two seconds.
+    assert!(
+        made < 50,
+        "{made} connections in 2 s: the reader reconnects without backoff"
+    );
+}

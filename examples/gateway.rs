@@ -1,8 +1,9 @@
 //! An HTTP gateway as its own process: discovers a service's live instances and
-//! balances every request over them with tower's p2c balancer, printing each change of
-//! the instance set and when it goes stale (the registry stops answering, or
-//! protection holds back a drop). `GET /metrics` shows kvstore's metrics (store calls,
-//! watch reconnects and resyncs, lease losses, registrations) in Prometheus format.
+//! forwards every request to one that can serve it (outlier ejection, retries on
+//! another instance), printing each change of the instance set and when it goes stale
+//! (the registry stops answering, or protection holds back a drop). `GET /metrics`
+//! shows kvstore's metrics (store calls, watch reconnects and resyncs, lease losses,
+//! registrations, ejections, retries) in Prometheus format.
 //!
 //! ```text
 //! cargo run --features etcd,redis --example gateway -- --store etcd://127.0.0.1:2379 --service echo --listen 127.0.0.1:8080
@@ -10,10 +11,12 @@
 //! curl http://127.0.0.1:8080/metrics
 //! ```
 
+use std::time::Duration;
+
 use clap::Parser;
 use futures::StreamExt;
-use kvstore_discovery::{Discovery, InstanceChange};
-use kvstore_examples::gateway;
+use kvstore_discovery::{Discovery, InstanceChange, OutlierOptions, ServingOptions};
+use kvstore_examples::gateway::{self, GatewayOptions};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 
@@ -29,6 +32,15 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
+    /// How long one try may take, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    per_try_timeout_ms: u64,
+    /// Tries per request in all (1: no retries).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Never eject failing instances (route wherever discovery says).
+    #[arg(long)]
+    no_ejection: bool,
 }
 
 #[tokio::main]
@@ -39,9 +51,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = kvstore::open(&args.store).await?;
     let discovery = Discovery::new(store);
     // Two sets of one service from one `Discovery` share one watch: one is printed, the
-    // other feeds the balancer.
+    // other feeds the gateway.
     let mut instances = discovery.watch(&args.service).await?;
     let listener = TcpListener::bind(&args.listen).await?;
+    let mut serving = ServingOptions::default();
+    serving.per_try_timeout = Duration::from_millis(args.per_try_timeout_ms);
+    serving.attempts = args.attempts.max(1);
+    if args.no_ejection {
+        serving.outlier = OutlierOptions::disabled();
+    }
+    let options = GatewayOptions {
+        serving,
+        ..GatewayOptions::default()
+    };
     println!("gateway listening on {}", listener.local_addr()?);
     println!(
         "{} has {} instance(s)",
@@ -51,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = gateway::serve(
         listener,
         discovery.watch(&args.service).await?,
+        options,
         Some(metrics),
     );
     loop {

@@ -1,8 +1,9 @@
 //! A gRPC client as its own process: calls the echo service of whichever providers are
-//! registered, through a tonic `Channel` balanced over the live `Up` instances
-//! (`InstanceSet::into_balance_channel`, i.e. `Channel::balance_channel` fed by
-//! discovery). Providers that join get calls; providers that crash stop getting them
-//! once their TTL has run out.
+//! registered, through a `GrpcChannel` over the live `Up` instances
+//! (`InstanceSet::into_grpc_channel`): providers that join get calls; a provider that
+//! crashes is ejected at its first refused or reset connection, and the call that met
+//! it is retried on another (the echo call is idempotent); a provider that stops
+//! gracefully drains first, so no call meets it.
 //!
 //! ```text
 //! cargo run --features etcd,redis --example grpc_client -- --store etcd://127.0.0.1:2379 --calls 10
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Parser;
-use kvstore_discovery::{Discovery, http_endpoint};
+use kvstore_discovery::{Discovery, GrpcOptions};
 use kvstore_examples::grpc::{EchoClient, EchoRequest};
 
 /// How long one call may take, waiting for an instance included.
@@ -42,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = kvstore::open(&args.store).await?;
     let set = Discovery::new(store).watch(&args.service).await?;
     println!("{} has {} instance(s)", args.service, set.instances().len());
-    let (channel, _feed) = set.into_balance_channel(http_endpoint);
+    let channel = set.into_grpc_channel(GrpcOptions::default().idempotent(true));
     let mut client = EchoClient::new(channel);
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = 0;

@@ -1,6 +1,9 @@
 //! A gRPC provider as its own process: serves the echo service (`kvstore.examples.Echo`)
-//! on a loopback port with tonic and registers itself under a service until interrupted
-//! (Ctrl-C or SIGTERM deregisters it; SIGKILL leaves the record to expire after the TTL).
+//! and `grpc.health.v1` on a loopback port with tonic, and registers itself under a
+//! service until interrupted. Ctrl-C or SIGTERM stops it gracefully: it drains
+//! (advertises `Draining` and reports `NOT_SERVING`), keeps serving for the drain
+//! grace, deregisters, finishes the calls in flight and exits. SIGKILL leaves the record
+//! to expire after the TTL.
 //!
 //! ```text
 //! cargo run --features etcd,redis --example grpc_provider -- --store etcd://127.0.0.1:2379 --id greeter-1
@@ -32,6 +35,9 @@ struct Args {
     /// Lease TTL in seconds: how long a crashed provider stays listed at most.
     #[arg(long, default_value_t = 3)]
     ttl: u64,
+    /// How long to stay listed as draining before deregistering, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    drain_grace_ms: u64,
     /// Availability zone to advertise.
     #[arg(long)]
     zone: Option<String>,
@@ -44,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = kvstore::open(&args.store).await?;
     let listener = TcpListener::bind(&args.listen).await?;
     let address = listener.local_addr()?.to_string();
-    let server = grpc::serve(listener, args.id.clone());
+    let server = grpc::serve(listener, args.id.clone()).await;
     let mut instance = Instance::new(args.service.as_str(), args.id.as_str(), address.as_str());
     instance.zone = args.zone.clone();
     instance.metadata.insert("protocol".into(), "grpc".into());
@@ -82,8 +88,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    registration.deregister().await?;
-    server.abort();
+    println!("draining {}/{}", args.service, args.id);
+    server.set_not_serving().await;
+    registration
+        .drain_and_deregister(Duration::from_millis(args.drain_grace_ms))
+        .await?;
     println!("deregistered {}/{}", args.service, args.id);
+    server.shutdown().await?;
+    println!("stopped {}/{}", args.service, args.id);
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! An HTTP echo provider as its own process: serves on a loopback port and registers
-//! itself under a service until interrupted (Ctrl-C or SIGTERM deregisters it; SIGKILL
-//! leaves the record to expire after the TTL).
+//! itself under a service until interrupted. Ctrl-C or SIGTERM stops it gracefully: it
+//! drains (advertises `Draining`, so gateways stop sending it requests), keeps serving
+//! for the drain grace, deregisters, finishes the requests in flight and exits. SIGKILL
+//! leaves the record to expire after the TTL.
 //!
 //! ```text
 //! cargo run --features etcd,redis --example provider -- --store etcd://127.0.0.1:2379 --service echo --id echo-1
@@ -8,6 +10,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use clap::Parser;
 use kvstore_discovery::{Instance, Registrar, RegistrationStatus};
 use kvstore_examples::echo;
@@ -29,19 +32,32 @@ struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Address to register, if not the one listened on (e.g. a proxy in front).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Lease TTL in seconds: how long a crashed provider stays listed at most.
     #[arg(long, default_value_t = 3)]
     ttl: u64,
+    /// How long to stay listed as draining before deregistering, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    drain_grace_ms: u64,
+    /// The HTTP status every request is answered with (a 5xx makes a failing provider).
+    #[arg(long, default_value_t = 200)]
+    status: u16,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
     let args = Args::parse();
+    let status = StatusCode::from_u16(args.status)?;
     let store = kvstore::open(&args.store).await?;
     let listener = TcpListener::bind(&args.listen).await?;
-    let address = listener.local_addr()?.to_string();
-    let server = echo::serve(listener, args.id.clone());
+    let address = match &args.advertise {
+        Some(address) => address.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
+    let server = echo::serve(listener, args.id.clone(), status);
     let registration = Registrar::new(store)
         .register(
             Instance::new(args.service.as_str(), args.id.as_str(), address.as_str()),
@@ -79,8 +95,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    registration.deregister().await?;
-    server.abort();
+    println!("draining {}/{}", args.service, args.id);
+    registration
+        .drain_and_deregister(Duration::from_millis(args.drain_grace_ms))
+        .await?;
     println!("deregistered {}/{}", args.service, args.id);
+    server.shutdown().await;
+    println!("stopped {}/{}", args.service, args.id);
     Ok(())
 }

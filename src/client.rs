@@ -1,4 +1,4 @@
-//! A small HTTP client for the demos and tests: one GET, with who served it.
+//! A small HTTP client for the demos and tests: one request, with who served it.
 
 use axum::body::Body;
 use http_body_util::BodyExt;
@@ -39,12 +39,29 @@ impl HttpClient {
     /// # Errors
     /// A malformed URL or a failed connection, as text.
     pub async fn get(&self, url: &str) -> Result<Reply, String> {
-        let uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+        self.send(axum::http::Method::GET, url, "").await
+    }
+
+    /// `method url` with `body`.
+    ///
+    /// # Errors
+    /// A malformed URL or a failed connection, as text.
+    pub async fn send(
+        &self,
+        method: axum::http::Method,
+        url: &str,
+        body: &'static str,
+    ) -> Result<Reply, String> {
+        let request = axum::http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(Body::from(body))
+            .map_err(|e| format!("bad request {method} {url}: {e}"))?;
         let response = self
             .client
-            .get(uri)
+            .request(request)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
         let served_by = response
             .headers()
@@ -55,7 +72,7 @@ impl HttpClient {
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?
+            .map_err(|e| format!("{method} {url}: {e}"))?
             .to_bytes();
         Ok(Reply {
             status,

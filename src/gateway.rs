@@ -1,74 +1,94 @@
-//! An HTTP gateway: each request goes to an `Up` instance of a service, found through
-//! kvstore discovery and chosen by tower's power-of-two-choices balancer (the less
-//! loaded of two random instances, by requests in flight).
+//! An HTTP gateway: each request goes to a live instance of a service that can serve
+//! it, through kvstore-discovery's [`Upstreams`]: the less loaded of two random `Up`
+//! instances, skipping instances ejected for refusing, resetting, hanging or failing
+//! (outlier ejection), and retried on another instance when it failed and may be sent
+//! again (idempotent methods, or an `idempotency-key` header), within a per-try timeout,
+//! an overall deadline and a retry budget.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kvstore_discovery::{Instance, InstanceReader, InstanceSet, Status};
+use kvstore_discovery::{
+    Failure, Instance, InstanceSet, ServingOptions, Tried, Unserved, Upstreams,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
-use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
-use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceExt};
 
 use crate::SERVED_BY;
 
-/// Requests that may wait for the balancer at once.
-const QUEUE: usize = 1024;
-/// How long a request may wait for an instance to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header that marks a request as safe to apply twice (the IETF
+/// `Idempotency-Key` header), so the gateway retries it like an idempotent method.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-type Balanced = BoxCloneSyncService<Request, Response, BoxError>;
+/// Default [`GatewayOptions::max_body`]: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default [`GatewayOptions::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-struct Routes {
-    instances: InstanceReader,
-    balancer: Balanced,
+/// How the gateway forwards.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// Tries, timeouts, retry budget and outlier ejection.
+    pub serving: ServingOptions,
+    /// The largest request body, buffered so the request can be retried; a larger one
+    /// is answered 413.
+    pub max_body: usize,
+    /// How long connecting to an instance may take (a connect that times out is
+    /// retried elsewhere: it never reached the instance).
+    pub connect_timeout: Duration,
 }
 
-/// Serve on `listener`, forwarding each request to an `Up` instance of `instances`
-/// picked by tower's p2c balancer over [`InstanceSet::into_discover`]. Answers 503 when
-/// no instance is `Up`, 502 when the picked one fails (saying which in `x-served-by`),
-/// 504 when no instance became ready in time. With `metrics`, `GET /metrics` answers
-/// the Prometheus text format instead of being forwarded. Stops (and stops following
-/// the service) when the returned task is aborted.
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            serving: ServingOptions::default(),
+            max_body: DEFAULT_MAX_BODY,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Routes {
+    upstreams: Upstreams<HttpClient>,
+    max_body: usize,
+}
+
+/// Serve on `listener`, forwarding each request to an instance of `instances` as the
+/// [module docs](self) say. Answers what the instance answered; 503 when no instance is
+/// `Up` or none could be reached, 502 when the connection broke, 504 when no answer
+/// came in time, 413 for a body over [`GatewayOptions::max_body`]. With `metrics`,
+/// `GET /metrics` answers the Prometheus text format instead of being forwarded. Stops
+/// (and stops following the service) when the returned task is aborted.
 pub fn serve(
     listener: TcpListener,
     instances: InstanceSet,
+    options: GatewayOptions,
     metrics: Option<PrometheusHandle>,
 ) -> JoinHandle<std::io::Result<()>> {
-    let reader = instances.reader();
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let discover = instances.into_discover(move |instance: &Instance| {
-        Some(Upstream {
-            id: instance.id.clone(),
-            address: instance.address.clone(),
-            client: client.clone(),
-        })
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(options.connect_timeout));
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let upstreams = Upstreams::new(instances.reader(), options.serving, move |_: &Instance| {
+        Some(client.clone())
     });
-    let balance = Balance::new(PendingRequestsDiscover::new(
-        discover,
-        CompleteOnResponse::default(),
-    ));
     let routes = Arc::new(Routes {
-        instances: reader,
-        balancer: BoxCloneSyncService::new(Buffer::new(balance, QUEUE)),
+        upstreams,
+        max_body: options.max_body,
     });
     let mut app = Router::new();
     if let Some(metrics) = metrics {
@@ -81,77 +101,91 @@ pub fn serve(
     tokio::spawn(async move { axum::serve(listener, app).await })
 }
 
+/// Whether a request may be applied twice: an idempotent method (RFC 9110 §9.2.2), or
+/// marked with an `idempotency-key` header.
+fn retryable(parts: &Parts) -> bool {
+    matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || parts.headers.contains_key(IDEMPOTENCY_KEY)
+}
+
 async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Response {
-    let any_up = routes
-        .instances
-        .instances()
-        .iter()
-        .any(|instance| instance.status == Status::Up);
-    if !any_up {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no instance is up\n").into_response();
-    }
-    let call = routes.balancer.clone().oneshot(request);
-    match tokio::time::timeout(READY_TIMEOUT, call).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("balancer failed: {e}\n")).into_response(),
-        Err(_) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("no instance was ready within {READY_TIMEOUT:?}\n"),
-        )
-            .into_response(),
-    }
-}
-
-/// One instance, as a service: forwards a request to its address and names it in
-/// `x-served-by`. A failed forward is a 502 response, not an error, so the balancer
-/// keeps the instance (discovery removes it when it is gone).
-#[derive(Clone)]
-struct Upstream {
-    id: String,
-    address: String,
-    client: Client<HttpConnector, Body>,
-}
-
-impl Service<Request> for Upstream {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let Upstream {
-            id,
-            address,
-            client,
-        } = self.clone();
-        Box::pin(async move {
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let uri = format!("http://{address}{path}");
-            let (parts, body) = request.into_parts();
-            let mut upstream = Request::from_parts(parts, body);
-            let mut response = match uri.parse() {
-                Ok(uri) => {
-                    *upstream.uri_mut() = uri;
-                    match client.request(upstream).await {
-                        Ok(response) => response.map(Body::new),
-                        Err(e) => {
-                            (StatusCode::BAD_GATEWAY, format!("{id} failed: {e}\n")).into_response()
-                        }
-                    }
-                }
-                Err(e) => (
-                    StatusCode::BAD_GATEWAY,
-                    format!("bad address {address}: {e}\n"),
-                )
-                    .into_response(),
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, routes.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body could not be read within {} bytes: {e}\n",
+                    routes.max_body
+                ),
+            )
+                .into_response();
+        }
+    };
+    let retryable = retryable(&parts);
+    let served = routes
+        .upstreams
+        .send(retryable, |instance, client| {
+            try_forward(client, instance, &parts, body.clone())
+        })
+        .await;
+    match served {
+        Ok(response) => response,
+        Err(unserved) => {
+            let status = match &unserved {
+                unserved if unserved.nothing_reached() => StatusCode::SERVICE_UNAVAILABLE,
+                Unserved::Failed {
+                    failure: Failure::Reset,
+                    ..
+                } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::GATEWAY_TIMEOUT,
             };
-            if let Ok(value) = HeaderValue::from_str(&id) {
+            (status, format!("{unserved}\n")).into_response()
+        }
+    }
+}
+
+/// One try: forward to `instance`, naming it in `x-served-by`; a 5xx answer is a
+/// retryable failure that carries the answer.
+async fn try_forward(
+    client: HttpClient,
+    instance: Arc<Instance>,
+    parts: &Parts,
+    body: Bytes,
+) -> Tried<Response> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match format!("http://{}{path}", instance.address).parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            tracing::warn!(instance = %instance.id, address = %instance.address, error = %e, "not a usable address");
+            return Tried::Failed(Failure::Refused, None);
+        }
+    };
+    let mut upstream = hyper::Request::new(Full::new(body));
+    *upstream.method_mut() = parts.method.clone();
+    *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = parts.headers.clone();
+    upstream.headers_mut().remove(hyper::header::HOST);
+    match client.request(upstream).await {
+        Ok(response) => {
+            let failed = response.status().is_server_error();
+            let mut response = response.map(Body::new);
+            if let Ok(value) = HeaderValue::from_str(&instance.id) {
                 response.headers_mut().insert(SERVED_BY, value);
             }
-            Ok(response)
-        })
+            if failed {
+                Tried::Failed(Failure::Error, Some(response))
+            } else {
+                Tried::Answered(response)
+            }
+        }
+        Err(e) if e.is_connect() => Tried::Failed(Failure::Refused, None),
+        Err(e) => {
+            tracing::debug!(instance = %instance.id, error = %e, "forward failed");
+            Tried::Failed(Failure::Reset, None)
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! by `build.rs` (tonic-build's manual service definition, no protoc).
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -51,13 +52,66 @@ impl Echo for EchoService {
     }
 }
 
-/// Serve the echo service as instance `id` on `listener` until the returned task is
-/// aborted (a crash).
-pub fn serve(listener: TcpListener, id: String) -> JoinHandle<Result<(), tonic::transport::Error>> {
+/// A running gRPC echo server with its `grpc.health.v1` service.
+#[derive(Debug)]
+pub struct GrpcServer {
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: Option<oneshot::Sender<()>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl GrpcServer {
+    /// Report `NOT_SERVING` on `grpc.health.v1` (for the echo service and the server
+    /// as a whole), as a draining server does.
+    pub async fn set_not_serving(&self) {
+        self.health
+            .set_not_serving::<EchoServer<EchoService>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+
+    /// Stop accepting, finish the calls in flight, and return (tonic's graceful
+    /// shutdown).
+    ///
+    /// # Errors
+    /// The server's transport error, if it failed.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serve the echo service as instance `id` on `listener`, with `grpc.health.v1`
+/// reporting `SERVING`, until [`GrpcServer::shutdown`] (or the process dies).
+pub async fn serve(listener: TcpListener, id: String) -> GrpcServer {
     let incoming = TcpIncoming::from(listener);
-    tokio::spawn(
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EchoServer<EchoService>>().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
         tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(EchoServer::new(EchoService { id }))
-            .serve_with_incoming(incoming),
-    )
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    GrpcServer {
+        task,
+        stop: Some(stop),
+        health,
+    }
 }

@@ -48,32 +48,48 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "tonic")]
-mod balance_channel;
 mod balancer;
 mod cache;
-#[cfg(feature = "tower")]
-mod discover;
 mod discovery;
 mod follower;
 mod health;
 mod instance;
+mod outlier;
 mod record;
 mod registrar;
 mod set;
+#[cfg(feature = "tonic")]
+mod tonic;
+#[cfg(feature = "tower")]
+mod tower;
+#[cfg(feature = "tower")]
+mod upstream;
 
 #[cfg(feature = "tonic")]
-pub use balance_channel::{BALANCE_CHANNEL_CAPACITY, BalanceFeed, http_endpoint};
+pub use self::tonic::{
+    BALANCE_CHANNEL_CAPACITY, BalanceFeed, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REQUEST_SIZE,
+    GrpcChannel, GrpcOptions, Idempotent, http_endpoint,
+};
+#[cfg(feature = "tower")]
+pub use self::tower::ServiceDiscover;
+#[cfg(feature = "tower")]
+pub use self::upstream::{
+    DEFAULT_ATTEMPTS, DEFAULT_DEADLINE, DEFAULT_PER_TRY_TIMEOUT, RetryBudget, ServingOptions,
+    Tried, Unserved, Upstreams,
+};
 pub use balancer::{Balancer, Random, RoundRobin, WeightedRandom, ZonePreferring};
 pub use cache::CACHE_WRITE_INTERVAL;
-#[cfg(feature = "tower")]
-pub use discover::ServiceDiscover;
 pub use discovery::{DEFAULT_PROBE_INTERVAL, Discovery, DiscoveryOptions};
 pub use health::{Health, StaleError};
 pub use instance::{
     Instance, SCHEMA_VERSION, SERVICES_PREFIX, Status, instance_key, service_prefix,
 };
+pub use outlier::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTED_SHARE, DEFAULT_MAX_EJECTION_TIME, Failure,
+    Outcome, OutlierDetector, OutlierOptions, SkipEjected,
+};
 pub use registrar::{
-    RETRY_MAX_DELAY, RETRY_MIN_DELAY, Registrar, Registration, RegistrationStatus,
+    DEFAULT_DRAIN_GRACE, RETRY_MAX_DELAY, RETRY_MIN_DELAY, Registrar, Registration,
+    RegistrationStatus,
 };
 pub use set::{InstanceChange, InstanceReader, InstanceSet};

@@ -39,6 +39,11 @@ use crate::record::{self, Claim};
 
 /// First delay before registering again after a failure.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
+/// Default grace for [`Registration::drain_and_deregister`]: how long a drained
+/// instance stays listed as `Draining` before it deregisters, so every consumer's watch
+/// has seen it stop taking new requests.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest delay between attempts to register again; never longer than the
 /// registration's keep-alive interval (a third of its TTL), so a provider is back within
 /// about that interval once the registry answers again, however long it was gone.
@@ -250,13 +255,19 @@ impl Registration {
     /// [`Registration::drain`] / [`Registration::set_status`], so a drained instance
     /// stays drained while healthy, and shows `Down` while failing.
     ///
-    /// # Panics
-    /// If `every` is zero (as [`tokio::time::interval`]).
-    pub fn check_health<F, Fut>(&mut self, every: Duration, mut check: F)
+    /// # Errors
+    /// `InvalidArgument` if `every` is zero (nothing is started).
+    pub fn check_health<F, Fut>(&mut self, every: Duration, mut check: F) -> Result<()>
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Status> + Send + 'static,
     {
+        if every.is_zero() {
+            return Err(Error::invalid_argument(
+                "check_health",
+                "the health check period must be non-zero",
+            ));
+        }
         let commands = self.commands.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -276,6 +287,48 @@ impl Registration {
             }
         });
         self.health_check = Some(AbortOnDropHandle::new(task));
+        Ok(())
+    }
+
+    /// Stop gracefully, as Kubernetes drains a pod: advertise `Draining` (so consumers
+    /// stop picking the instance), wait until the registry holds that record, wait
+    /// `grace` more for every consumer's watch to see it, then deregister. Keep serving
+    /// until this returns: requests routed before consumers saw the drain still arrive
+    /// during the grace. Then stop the server the way that finishes in-flight requests
+    /// (axum's and tonic's graceful shutdown). [`DEFAULT_DRAIN_GRACE`] is a sensible
+    /// `grace` on one network; make it longer than your consumers' watch latency.
+    ///
+    /// A registration that is not registered at the moment (re-registering after an
+    /// outage) has nothing consumers could read: it deregisters after the grace.
+    ///
+    /// # Errors
+    /// The store's error if the `Draining` record could not be written (the record is
+    /// then deregistered at once, as [`Registration::deregister`] would) or the lease
+    /// could not be revoked (the record then expires after its TTL).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the registration, which deregisters it (as dropping a
+    /// [`Registration`] does); the grace is cut short.
+    pub async fn drain_and_deregister(self, grace: Duration) -> Result<()> {
+        let stopped = matches!(
+            self.status(),
+            RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
+        );
+        if stopped {
+            return Ok(());
+        }
+        match self.drain().await {
+            Ok(()) => {
+                tracing::info!(?grace, "drained; deregistering after the grace");
+                tokio::time::sleep(grace).await;
+                self.deregister().await
+            }
+            Err(e) => {
+                let deregistered = self.deregister().await;
+                tracing::warn!(error = %e, "draining failed; deregistered at once");
+                deregistered.and(Err(e))
+            }
+        }
     }
 
     /// Remove the record now and stop. A replaced or stopped registration has nothing

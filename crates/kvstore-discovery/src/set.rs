@@ -229,6 +229,17 @@ impl InstanceReader {
     pub fn revision(&self) -> u64 {
         self.shared.outputs.current.borrow().revision
     }
+
+    /// How many times the served set has changed: equal numbers, equal sets.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn version(&self) -> u64 {
+        self.shared.outputs.current.borrow().seq
+    }
+
+    /// The service this reader follows.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
 }
 
 /// The net effect of consecutive change batches, per id: what a consumer that knew the

@@ -174,6 +174,43 @@ pub async fn drain_marks_the_instance_draining(harness: &dyn Harness) {
     }
 }
 
+/// A graceful stop shows the instance `Draining` for the whole grace, then removes it.
+pub async fn drain_and_deregister_drains_for_the_grace_then_removes(harness: &dyn Harness) {
+    const GRACE: Duration = Duration::from_millis(500);
+    let (_, store) = fresh_store(harness).await;
+    let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
+    let registration = Registrar::new(store.clone())
+        .register(instance("api", "leaving", 9001), harness.ttl())
+        .await
+        .unwrap();
+    next_change(&mut set, "registration").await;
+    let started = tokio::time::Instant::now();
+    let stop = tokio::spawn(registration.drain_and_deregister(GRACE));
+    let changes = next_change(&mut set, "the drain").await;
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, InstanceChange::Updated { instance, .. }
+            if instance.status == Status::Draining)),
+        "{changes:?}"
+    );
+    let changes = next_change(&mut set, "the deregistration").await;
+    assert!(
+        matches!(&changes[..], [InstanceChange::Removed { .. }]),
+        "{changes:?}"
+    );
+    assert!(
+        started.elapsed() >= GRACE,
+        "removed {:?} after the drain began, before the {GRACE:?} grace",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .expect("drain_and_deregister returns")
+        .unwrap()
+        .unwrap();
+}
+
 /// Deregistering removes the record at once; dropping a registration does too.
 pub async fn deregister_and_drop_remove_the_record(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
@@ -534,10 +571,16 @@ pub async fn health_check_flips_the_advertised_status(harness: &dyn Harness) {
     next_change(&mut set, "registration").await;
     let verdict = Arc::new(std::sync::Mutex::new(Status::Up));
     let check = verdict.clone();
-    registration.check_health(CHECK_EVERY, move || {
-        let verdict = *check.lock().unwrap();
-        async move { verdict }
-    });
+    assert!(matches!(
+        registration.check_health(Duration::ZERO, || async { Status::Up }),
+        Err(kvstore_core::Error::InvalidArgument { .. })
+    ));
+    registration
+        .check_health(CHECK_EVERY, move || {
+            let verdict = *check.lock().unwrap();
+            async move { verdict }
+        })
+        .unwrap();
     let advertised = |set: &InstanceSet| set.instances().first().map(|i| i.status);
     for (says, shows) in [(Status::Down, Status::Down), (Status::Up, Status::Up)] {
         *verdict.lock().unwrap() = says;
@@ -610,6 +653,7 @@ macro_rules! discovery_tests {
             externally_deleted_record_is_put_back,
             revoked_lease_is_registered_again,
             drain_marks_the_instance_draining,
+            drain_and_deregister_drains_for_the_grace_then_removes,
             deregister_and_drop_remove_the_record,
             services_are_isolated,
             malformed_records_are_skipped,

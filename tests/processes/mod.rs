@@ -2,6 +2,9 @@
 //! binaries `cargo test` built, start them, and wait for the line that says they are
 //! ready.
 
+// Each test binary that includes this module uses some of its helpers.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -73,4 +76,31 @@ pub fn crash(process: &mut Running) {
     )
     .expect("SIGKILL");
     let _ = process.0.wait();
+}
+
+/// Send `signal` to `process`.
+pub fn signal(process: &Running, signal: nix::sys::signal::Signal) {
+    let pid = i32::try_from(process.0.id()).expect("a pid fits in i32");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("{signal}: {e}"));
+}
+
+/// Stop `process` with SIGTERM, as an orchestrator does, and wait (at most
+/// [`STEP_TIMEOUT`]) for it to exit.
+pub async fn terminate(process: &mut Running) {
+    signal(process, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        match process.0.try_wait() {
+            Ok(Some(status)) => {
+                assert!(status.success(), "the process exited with {status}");
+                return;
+            }
+            Ok(None) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(None) => panic!("the process did not exit within {STEP_TIMEOUT:?} of SIGTERM"),
+            Err(e) => panic!("cannot wait for the process: {e}"),
+        }
+    }
 }

@@ -41,6 +41,9 @@ struct Args {
     /// Never eject failing instances (route wherever discovery says).
     #[arg(long)]
     no_ejection: bool,
+    /// Check every instance actively with `GET PATH` (2xx passes) each second.
+    #[arg(long)]
+    health_check_path: Option<String>,
 }
 
 #[tokio::main]
@@ -62,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let options = GatewayOptions {
         serving,
+        health_check_path: args.health_check_path.clone(),
         ..GatewayOptions::default()
     };
     println!("gateway listening on {}", listener.local_addr()?);

@@ -13,8 +13,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Parser;
-use kvstore_discovery::{Discovery, GrpcOptions};
+use kvstore_discovery::{
+    ActiveHealth, ActiveHealthOptions, Discovery, GrpcHealthCheck, GrpcOptions,
+};
 use kvstore_examples::grpc::{EchoClient, EchoRequest};
+
+/// The echo service's gRPC name, as `grpc.health.v1` reports it.
+const ECHO_SERVICE: &str = "kvstore.examples.Echo";
 
 /// How long one call may take, waiting for an instance included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +36,10 @@ struct Args {
     /// How many calls to make (0: until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     calls: u64,
+    /// Also check every instance's `grpc.health.v1` status of the echo service each
+    /// second, keeping those not `SERVING` out.
+    #[arg(long)]
+    health_check: bool,
     /// Pause between calls, in milliseconds.
     #[arg(long, default_value_t = 200)]
     interval: u64,
@@ -43,7 +52,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = kvstore::open(&args.store).await?;
     let set = Discovery::new(store).watch(&args.service).await?;
     println!("{} has {} instance(s)", args.service, set.instances().len());
+    let reader = set.reader();
     let channel = set.into_grpc_channel(GrpcOptions::default().idempotent(true));
+    let _checks = args.health_check.then(|| {
+        ActiveHealth::start(
+            reader,
+            channel.upstreams().detector().clone(),
+            GrpcHealthCheck::new(ECHO_SERVICE),
+            ActiveHealthOptions::default(),
+        )
+    });
     let mut client = EchoClient::new(channel);
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = 0;

@@ -3,7 +3,8 @@
 //! instances, skipping instances ejected for refusing, resetting, hanging or failing
 //! (outlier ejection), and retried on another instance when it failed and may be sent
 //! again (idempotent methods, or an `idempotency-key` header), within a per-try timeout,
-//! an overall deadline and a retry budget.
+//! an overall deadline and a retry budget. Optionally it also checks every instance
+//! with `GET {path}` and keeps failing ones out ([`GatewayOptions::health_check_path`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kvstore_discovery::{
-    Failure, Instance, InstanceSet, ServingOptions, Tried, Unserved, Upstreams,
+    ActiveHealth, ActiveHealthOptions, Failure, HealthCheck, Instance, InstanceSet, ServingOptions,
+    Tried, Unserved, Upstreams,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -48,6 +51,11 @@ pub struct GatewayOptions {
     /// How long connecting to an instance may take (a connect that times out is
     /// retried elsewhere: it never reached the instance).
     pub connect_timeout: Duration,
+    /// Check every `Up` instance actively with `GET {path}` (passing on 2xx), as
+    /// `active_health` says, keeping failing ones out of the pick set. Default none.
+    pub health_check_path: Option<String>,
+    /// How active health checks run, with `health_check_path`.
+    pub active_health: ActiveHealthOptions,
 }
 
 impl Default for GatewayOptions {
@@ -56,6 +64,8 @@ impl Default for GatewayOptions {
             serving: ServingOptions::default(),
             max_body: DEFAULT_MAX_BODY,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            health_check_path: None,
+            active_health: ActiveHealthOptions::default(),
         }
     }
 }
@@ -83,8 +93,25 @@ pub fn serve(
     connector.set_connect_timeout(Some(options.connect_timeout));
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let checks = options.health_check_path.map(|path| {
+        (
+            HttpCheck {
+                client: client.clone(),
+                path,
+            },
+            options.active_health,
+        )
+    });
     let upstreams = Upstreams::new(instances.reader(), options.serving, move |_: &Instance| {
         Some(client.clone())
+    });
+    let active = checks.map(|(check, active)| {
+        ActiveHealth::start(
+            instances.reader(),
+            upstreams.detector().clone(),
+            check,
+            active,
+        )
     });
     let routes = Arc::new(Routes {
         upstreams,
@@ -98,7 +125,35 @@ pub fn serve(
         );
     }
     let app = app.fallback(forward).with_state(routes);
-    tokio::spawn(async move { axum::serve(listener, app).await })
+    tokio::spawn(async move {
+        // The checks run as long as the gateway serves.
+        let _active = active;
+        axum::serve(listener, app).await
+    })
+}
+
+/// An active health check: `GET {path}` on the instance passes on a 2xx answer.
+struct HttpCheck {
+    client: HttpClient,
+    path: String,
+}
+
+impl HealthCheck for HttpCheck {
+    fn check(&self, instance: &Instance) -> BoxFuture<'static, bool> {
+        let client = self.client.clone();
+        let uri = format!("http://{}{}", instance.address, self.path);
+        Box::pin(async move {
+            let Ok(uri) = uri.parse::<hyper::Uri>() else {
+                return false;
+            };
+            let mut request = hyper::Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = uri;
+            client
+                .request(request)
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+    }
 }
 
 /// Whether a request may be applied twice: an idempotent method (RFC 9110 §9.2.2), or

@@ -53,6 +53,11 @@ struct Fleet {
 impl Fleet {
     /// Start providers `p0`, `p1`, `p2` (each with `extra[i]` arguments) and a gateway.
     fn start(store: String, extra: [&[&str]; 3]) -> Fleet {
+        Fleet::start_with(store, extra, &[])
+    }
+
+    /// As [`Fleet::start`], with `gateway_args` for the gateway.
+    fn start_with(store: String, extra: [&[&str]; 3], gateway_args: &[&str]) -> Fleet {
         let ttl = TTL_SECS.to_string();
         let providers = extra
             .iter()
@@ -61,18 +66,16 @@ impl Fleet {
             .collect();
         let gateway_address = format!("127.0.0.1:{}", free_port().unwrap());
         let per_try = PER_TRY_TIMEOUT.as_millis().to_string();
-        let (gateway, _) = start(
-            "gateway",
-            &[
-                "--store",
-                &store,
-                "--listen",
-                &gateway_address,
-                "--per-try-timeout-ms",
-                &per_try,
-            ],
-            "gateway listening",
-        );
+        let mut args = vec![
+            "--store",
+            &store,
+            "--listen",
+            &gateway_address,
+            "--per-try-timeout-ms",
+            &per_try,
+        ];
+        args.extend_from_slice(gateway_args);
+        let (gateway, _) = start("gateway", &args, "gateway listening");
         Fleet {
             store,
             providers,
@@ -303,6 +306,36 @@ async fn with_every_provider_failing_ejection_stops_at_the_cap_and_the_gateway_k
     assert!(answering.len() >= 2, "only {answering:?} kept serving");
 }
 
+/// Active health checks alone (no retries, no ejection) keep an instance that fails
+/// its checks out of the pick set: after the checks' threshold no request reaches it.
+async fn active_health_checks_keep_a_failing_instance_out(backend: Backend) {
+    let failing: &[&str] = &["--status", "503"];
+    let fleet = Fleet::start_with(
+        store_url(backend, "serving-active"),
+        [&[], &[], failing],
+        &[
+            "--attempts",
+            "1",
+            "--no-ejection",
+            "--health-check-path",
+            "/",
+        ],
+    );
+    let load = Load::start(&fleet.url, CLIENTS, INTERVAL, &[Method::GET]);
+    // Two failed checks a second apart make it failing; allow a third for start-up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let checked_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    let window = summarize(&sent, checked_at, Instant::now());
+    assert!(window.requests > 100, "too few requests: {window:?}");
+    assert!(
+        failures(&sent, checked_at).is_empty(),
+        "{:?}",
+        failures(&sent, checked_at)
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod etcd {
@@ -331,4 +364,5 @@ on_both_backends!(
     a_blackholed_provider_fails_no_idempotent_request,
     with_every_provider_dead_the_gateway_answers_503_at_once_and_recovers,
     with_every_provider_failing_ejection_stops_at_the_cap_and_the_gateway_keeps_serving,
+    active_health_checks_keep_a_failing_instance_out,
 );

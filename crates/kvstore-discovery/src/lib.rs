@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod active;
 mod balancer;
 mod cache;
 mod discovery;
@@ -76,6 +77,12 @@ pub use self::tower::ServiceDiscover;
 pub use self::upstream::{
     DEFAULT_ATTEMPTS, DEFAULT_DEADLINE, DEFAULT_PER_TRY_TIMEOUT, RetryBudget, ServingOptions,
     Tried, Unserved, Upstreams,
+};
+#[cfg(feature = "tonic")]
+pub use active::GrpcHealthCheck;
+pub use active::{
+    ActiveHealth, ActiveHealthOptions, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, HealthCheck,
+    TcpCheck,
 };
 pub use balancer::{Balancer, Random, RoundRobin, WeightedRandom, ZonePreferring};
 pub use cache::CACHE_WRITE_INTERVAL;

@@ -213,6 +213,8 @@ struct Record {
     probation: bool,
     /// When the last ejection ended (for the count's decay).
     returned_at: Option<Instant>,
+    /// Failing its active health checks ([`crate::ActiveHealth`]).
+    check_failing: bool,
 }
 
 impl Record {
@@ -224,6 +226,7 @@ impl Record {
             ejected_until: None,
             probation: false,
             returned_at: None,
+            check_failing: false,
         }
     }
 
@@ -439,19 +442,70 @@ impl OutlierDetector {
             .retain(|id, _| instances.iter().any(|i| &i.id == id));
     }
 
-    /// The instances of `instances` that may be picked: `Up` and not ejected.
+    /// Record the verdict of `instance`'s active health checks
+    /// ([`crate::ActiveHealth`]): while failing it is not pickable, unless too many
+    /// fail (see [`OutlierDetector::pickable`]).
+    pub fn set_check_failing(&self, instance: &Instance, failing: bool) {
+        let mut state = self.state();
+        let record = state
+            .records
+            .entry(instance.id.clone())
+            .or_insert_with(|| Record::new(&instance.address));
+        if record.address != instance.address {
+            *record = Record::new(&instance.address);
+        }
+        if record.check_failing != failing {
+            record.check_failing = failing;
+            drop(state);
+            self.shared.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The ids of the instances failing their active health checks, sorted.
+    pub fn check_failing(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .state()
+            .records
+            .iter()
+            .filter(|(_, record)| record.check_failing)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The instances of `instances` that may be picked: `Up`, not ejected, and not
+    /// failing their active health checks — unless fewer than `1 − max_ejected_share`
+    /// of the `Up` instances pass their checks, when the checks are ignored (Envoy's
+    /// panic threshold: rather all than too few).
     pub fn pickable(&self, instances: &[Arc<Instance>]) -> Vec<Arc<Instance>> {
         let now = Instant::now();
         let state = self.state();
-        instances
+        let record = |i: &Instance| {
+            state
+                .records
+                .get(&i.id)
+                .filter(|record| record.address == i.address)
+        };
+        let up: Vec<&Arc<Instance>> = instances
             .iter()
             .filter(|i| i.status == Status::Up)
-            .filter(|i| {
-                !state
-                    .records
-                    .get(&i.id)
-                    .is_some_and(|record| record.address == i.address && record.is_ejected(now))
-            })
+            .collect();
+        let not_ejected: Vec<&Arc<Instance>> = up
+            .iter()
+            .copied()
+            .filter(|i| !record(i).is_some_and(|r| r.is_ejected(now)))
+            .collect();
+        let passing = up
+            .iter()
+            .filter(|i| !record(i).is_some_and(|r| r.check_failing))
+            .count();
+        let share = self.shared.options.max_ejected_share.clamp(0.0, 1.0);
+        #[allow(clippy::cast_precision_loss)]
+        let enough_pass = passing as f64 >= (1.0 - share) * up.len() as f64;
+        not_ejected
+            .into_iter()
+            .filter(|i| !enough_pass || !record(i).is_some_and(|r| r.check_failing))
             .cloned()
             .collect()
     }

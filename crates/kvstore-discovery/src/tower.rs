@@ -32,7 +32,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -152,18 +152,33 @@ where
         self.withdraw(id);
     }
 
+    /// The ids the detector lets the balancer pick among the offered instances (all of
+    /// them without a detector).
+    fn pickable(&self) -> Option<HashSet<String>> {
+        let ejection = self.ejection.as_ref()?;
+        let offered: Vec<Arc<Instance>> = self.offered.values().cloned().collect();
+        Some(
+            ejection
+                .detector
+                .pickable(&offered)
+                .iter()
+                .map(|i| i.id.clone())
+                .collect(),
+        )
+    }
+
     /// Insert or remove `id` as its offer and its ejection say.
     fn reconcile(&mut self, id: &str) {
+        let pickable = self.pickable();
+        self.reconcile_with(id, pickable.as_ref());
+    }
+
+    fn reconcile_with(&mut self, id: &str, pickable: Option<&HashSet<String>>) {
         let Some(instance) = self.offered.get(id).cloned() else {
             self.withdraw(id);
             return;
         };
-        let ejected = self.ejection.as_ref().is_some_and(|e| {
-            e.detector
-                .pickable(std::slice::from_ref(&instance))
-                .is_empty()
-        });
-        if ejected {
+        if pickable.is_some_and(|pickable| !pickable.contains(id)) {
             self.withdraw(id);
             return;
         }
@@ -182,9 +197,10 @@ where
     }
 
     fn reconcile_all(&mut self) {
+        let pickable = self.pickable();
         let ids: Vec<String> = self.offered.keys().cloned().collect();
         for id in ids {
-            self.reconcile(&id);
+            self.reconcile_with(&id, pickable.as_ref());
         }
     }
 

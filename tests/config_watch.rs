@@ -2,8 +2,6 @@
 //! a good push changes the running HTTP service's answers, a bad push is refused and
 //! changes nothing, and the maintenance flag turns the service away.
 
-// Shared with the other process tests; this one needs only `example`.
-#[allow(dead_code)]
 mod processes;
 
 use std::process::Command;

@@ -1,37 +1,4 @@
-//! Active health checks: a consumer probes each `Up` instance of a service on its own
-//! schedule — a TCP connect ([`TcpCheck`]), `grpc.health.v1` ([`GrpcHealthCheck`],
-//! feature `tonic`), or any [`HealthCheck`] of yours (an HTTP path) — and keeps
-//! instances that fail their checks out of its pick set, as Envoy's active health
-//! checks do. Passive ejection ([`crate::OutlierDetector`]) reacts to requests;
-//! active checks also find an instance that fails while no request goes to it.
-//!
-//! Checks have hysteresis (Envoy's `unhealthy_threshold` / `healthy_threshold`, Consul's
-//! `FailuresBeforeCritical`): an instance is *failing* after
-//! [`ActiveHealthOptions::failures_before_failing`] checks in a row fail, and *passing*
-//! again after [`ActiveHealthOptions::successes_before_passing`] in a row pass. A new
-//! instance passes until its checks say otherwise. The verdicts go to an
-//! [`crate::OutlierDetector`]: failing instances are not pickable — unless so many
-//! fail that fewer than `1 − max_ejected_share` of the `Up` instances pass, when every
-//! instance that is not ejected is picked again (Envoy's panic threshold: all failing
-//! still serve).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> kvstore_core::Result<()> {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use kvstore_discovery::{ActiveHealth, ActiveHealthOptions, Discovery, Instance, OutlierDetector, OutlierOptions, Registrar, TcpCheck};
-//!
-//! let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
-//! let _echo = Registrar::new(store.clone())
-//!     .register(Instance::new("echo", "echo-1", "127.0.0.1:9"), Duration::from_secs(10))
-//!     .await?;
-//! let set = Discovery::new(store).watch("echo").await?;
-//! let detector = OutlierDetector::new(set.reader(), OutlierOptions::default());
-//! // Probes every instance with a TCP connect each second while `_checks` lives.
-//! let _checks = ActiveHealth::start(set.reader(), detector.clone(), TcpCheck, ActiveHealthOptions::default());
-//! # Ok(()) }
-//! ```
+//! Active health checks: [`ActiveHealth`], [`HealthCheck`], [`TcpCheck`], [`GrpcHealthCheck`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,8 +71,43 @@ struct Verdicts {
 }
 
 /// Checks the `Up` instances of a service in the background, reporting to an
-/// [`crate::OutlierDetector`] (see the [module docs](self)). Dropping it stops the
+/// [`crate::OutlierDetector`]. Dropping it stops the
 /// checks; the detector keeps their last verdicts until the instances leave the set.
+///
+/// Active health checks: a consumer probes each `Up` instance of a service on its own
+/// schedule — a TCP connect ([`TcpCheck`]), `grpc.health.v1` ([`GrpcHealthCheck`],
+/// feature `tonic`), or any [`HealthCheck`] of yours (an HTTP path) — and keeps
+/// instances that fail their checks out of its pick set, as Envoy's active health
+/// checks do. Passive ejection ([`crate::OutlierDetector`]) reacts to requests;
+/// active checks also find an instance that fails while no request goes to it.
+///
+/// Checks have hysteresis (Envoy's `unhealthy_threshold` / `healthy_threshold`, Consul's
+/// `FailuresBeforeCritical`): an instance is *failing* after
+/// [`ActiveHealthOptions::failures_before_failing`] checks in a row fail, and *passing*
+/// again after [`ActiveHealthOptions::successes_before_passing`] in a row pass. A new
+/// instance passes until its checks say otherwise. The verdicts go to an
+/// [`crate::OutlierDetector`]: failing instances are not pickable — unless so many
+/// fail that fewer than `1 − max_ejected_share` of the `Up` instances pass, when every
+/// instance that is not ejected is picked again (Envoy's panic threshold: all failing
+/// still serve).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use kvstore_discovery::{ActiveHealth, ActiveHealthOptions, Discovery, Instance, OutlierDetector, OutlierOptions, Registrar, TcpCheck};
+///
+/// let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
+/// let _echo = Registrar::new(store.clone())
+///     .register(Instance::new("echo", "echo-1", "127.0.0.1:9"), Duration::from_secs(10))
+///     .await?;
+/// let set = Discovery::new(store).watch("echo").await?;
+/// let detector = OutlierDetector::new(set.reader(), OutlierOptions::default());
+/// // Probes every instance with a TCP connect each second while `_checks` lives.
+/// let _checks = ActiveHealth::start(set.reader(), detector.clone(), TcpCheck, ActiveHealthOptions::default());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ActiveHealth {
     _task: AbortOnDropHandle<()>,

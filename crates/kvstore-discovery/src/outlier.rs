@@ -1,64 +1,4 @@
-//! Outlier ejection (passive health): instances that fail requests leave a consumer's
-//! pick set at once, for a time that grows with each ejection, and come back on
-//! probation (Envoy's outlier detection, gRPC-Go's "pick only READY connections").
-//!
-//! The registry says who exists; it cannot say who answers. A provider that crashed
-//! stays listed until its lease runs out (its TTL), and one that hangs stays listed for
-//! as long as its heartbeat goes on. An [`OutlierDetector`] closes that window on the
-//! consumer's side: whoever sends requests reports each attempt's [`Outcome`], and the
-//! detector ejects an instance after [`OutlierOptions`]' run of consecutive failures of
-//! one kind:
-//!
-//! | failure | what it is | default run |
-//! |---|---|---|
-//! | [`Failure::Refused`] | the connection was refused or could not be made: the request never reached the instance | 1 |
-//! | [`Failure::Reset`] | the connection broke during the request | 1 |
-//! | [`Failure::Timeout`] | no answer within the per-try timeout (a hung or blackholed instance) | 2 |
-//! | [`Failure::Error`] | a retryable error answer: HTTP 5xx, gRPC `UNAVAILABLE` | 5 |
-//!
-//! An ejection lasts [`OutlierOptions::base_ejection_time`] × the instance's ejection
-//! count, capped at [`OutlierOptions::max_ejection_time`]; the count falls by one for
-//! every `base_ejection_time` the instance then serves without being ejected (Envoy's
-//! ejection multiplier). When an ejection ends the instance is back *on probation*:
-//! its first failure of any kind ejects it again, its first success ends probation.
-//!
-//! **The cap.** Ejection never takes more than [`OutlierOptions::max_ejected_share`] of
-//! the set's `Up` instances (at least one while two or more are `Up`, never the last
-//! one): when every instance fails, most keep serving rather than nothing, as Envoy's
-//! `max_ejection_percent` and Nacos's protect threshold intend. Keep the share at most
-//! `1 − protect_threshold` ([`crate::DiscoveryOptions::protect_threshold`]) so the
-//! pick set is protected as much as the registry's set.
-//!
-//! The detector follows one service's set ([`OutlierDetector::new`] takes its
-//! [`InstanceReader`]): it counts the `Up` instances for the cap, forgets instances
-//! that leave the set, and starts afresh for an instance whose address changed (a
-//! restarted provider). It runs on tokio's clock, so tests on a paused clock see
-//! ejections end. It is used by [`crate::Upstreams`] (feature `tower`, with the HTTP
-//! gateway and the gRPC channel built on it), by [`crate::ServiceDiscover::with_outlier_detection`]
-//! (tower's balancers, tonic's balanced channel), and by [`SkipEjected`] for the
-//! [`crate::Balancer`]s.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> kvstore_core::Result<()> {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use kvstore_discovery::{Discovery, Failure, Instance, OutlierDetector, OutlierOptions, Outcome, Registrar};
-//!
-//! let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
-//! let registrar = Registrar::new(store.clone());
-//! let _a = registrar.register(Instance::new("echo", "a", "127.0.0.1:9001"), Duration::from_secs(10)).await?;
-//! let _b = registrar.register(Instance::new("echo", "b", "127.0.0.1:9002"), Duration::from_secs(10)).await?;
-//! let set = Discovery::new(store).watch("echo").await?;
-//! let detector = OutlierDetector::new(set.reader(), OutlierOptions::default());
-//!
-//! let a = set.instances()[0].clone();
-//! detector.record(&a, Outcome::Failed(Failure::Refused)); // connection refused: out at once
-//! assert!(detector.is_ejected(&a.id));
-//! tokio::time::sleep(OutlierOptions::default().base_ejection_time).await;
-//! assert!(!detector.is_ejected(&a.id)); // back, on probation
-//! # Ok(()) }
-//! ```
+//! Outlier ejection (passive health): [`OutlierDetector`] and [`SkipEjected`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -124,7 +64,7 @@ pub enum Outcome {
 }
 
 /// How an [`OutlierDetector`] ejects. `Default` is the table in the
-/// [module docs](self); [`OutlierOptions::disabled`] never ejects.
+/// [`OutlierDetector`]; [`OutlierOptions::disabled`] never ejects.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct OutlierOptions {
@@ -260,7 +200,69 @@ struct Shared {
 }
 
 /// Ejects failing instances of one service from a consumer's pick set; cheap to clone
-/// (clones share their state). See the [module docs](self).
+/// (clones share their state).
+///
+/// Outlier ejection (passive health): instances that fail requests leave a consumer's
+/// pick set at once, for a time that grows with each ejection, and come back on
+/// probation (Envoy's outlier detection, gRPC-Go's "pick only READY connections").
+///
+/// The registry says who exists; it cannot say who answers. A provider that crashed
+/// stays listed until its lease runs out (its TTL), and one that hangs stays listed for
+/// as long as its heartbeat goes on. An [`OutlierDetector`] closes that window on the
+/// consumer's side: whoever sends requests reports each attempt's [`Outcome`], and the
+/// detector ejects an instance after [`OutlierOptions`]' run of consecutive failures of
+/// one kind:
+///
+/// | failure | what it is | default run |
+/// |---|---|---|
+/// | [`Failure::Refused`] | the connection was refused or could not be made: the request never reached the instance | 1 |
+/// | [`Failure::Reset`] | the connection broke during the request | 1 |
+/// | [`Failure::Timeout`] | no answer within the per-try timeout (a hung or blackholed instance) | 2 |
+/// | [`Failure::Error`] | a retryable error answer: HTTP 5xx, gRPC `UNAVAILABLE` | 5 |
+///
+/// An ejection lasts [`OutlierOptions::base_ejection_time`] × the instance's ejection
+/// count, capped at [`OutlierOptions::max_ejection_time`]; the count falls by one for
+/// every `base_ejection_time` the instance then serves without being ejected (Envoy's
+/// ejection multiplier). When an ejection ends the instance is back *on probation*:
+/// its first failure of any kind ejects it again, its first success ends probation.
+///
+/// **The cap.** Ejection never takes more than [`OutlierOptions::max_ejected_share`] of
+/// the set's `Up` instances (at least one while two or more are `Up`, never the last
+/// one): when every instance fails, most keep serving rather than nothing, as Envoy's
+/// `max_ejection_percent` and Nacos's protect threshold intend. Keep the share at most
+/// `1 − protect_threshold` ([`crate::DiscoveryOptions::protect_threshold`]) so the
+/// pick set is protected as much as the registry's set.
+///
+/// The detector follows one service's set ([`OutlierDetector::new`] takes its
+/// [`InstanceReader`]): it counts the `Up` instances for the cap, forgets instances
+/// that leave the set, and starts afresh for an instance whose address changed (a
+/// restarted provider). It runs on tokio's clock, so tests on a paused clock see
+/// ejections end. It is used by [`crate::Upstreams`] (feature `tower`, with the HTTP
+/// gateway and the gRPC channel built on it), by [`crate::ServiceDiscover::with_outlier_detection`]
+/// (tower's balancers, tonic's balanced channel), and by [`SkipEjected`] for the
+/// [`crate::Balancer`]s.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use kvstore_discovery::{Discovery, Failure, Instance, OutlierDetector, OutlierOptions, Outcome, Registrar};
+///
+/// let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
+/// let registrar = Registrar::new(store.clone());
+/// let _a = registrar.register(Instance::new("echo", "a", "127.0.0.1:9001"), Duration::from_secs(10)).await?;
+/// let _b = registrar.register(Instance::new("echo", "b", "127.0.0.1:9002"), Duration::from_secs(10)).await?;
+/// let set = Discovery::new(store).watch("echo").await?;
+/// let detector = OutlierDetector::new(set.reader(), OutlierOptions::default());
+///
+/// let a = set.instances()[0].clone();
+/// detector.record(&a, Outcome::Failed(Failure::Refused)); // connection refused: out at once
+/// assert!(detector.is_ejected(&a.id));
+/// tokio::time::sleep(OutlierOptions::default().base_ejection_time).await;
+/// assert!(!detector.is_ejected(&a.id)); // back, on probation
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct OutlierDetector {
     shared: Arc<Shared>,

@@ -172,7 +172,10 @@ impl GrpcOptions {
 pub struct Idempotent;
 
 /// A gRPC channel over the live `Up` instances of a service that ejects failing
-/// instances and retries calls elsewhere (see the [module docs](self)); hand it to a
+/// instances and retries calls elsewhere, as [`crate::Upstreams`] serves requests. It
+/// buffers each request (up to [`GrpcOptions::max_request_size`]) so it can send it
+/// again: use it for unary and client-streaming calls, and
+/// [`InstanceSet::into_balance_channel`] for calls streaming both ways. Hand it to a
 /// generated client (`GreeterClient::new(channel)`). Cheap to clone: clones share the
 /// connections, the outlier detector and the retry budget.
 ///

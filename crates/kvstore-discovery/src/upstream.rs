@@ -1,55 +1,4 @@
-//! [`Upstreams`] (feature `tower`): send each request to a live instance that can serve
-//! it — picked by the power of two choices over requests in flight, skipping instances
-//! that are not `Up` or that an [`OutlierDetector`] ejected, and retried on *another*
-//! instance when it fails and may be sent again, under a retry budget, a per-try
-//! timeout and an overall deadline (Envoy's retry policy, gRPC-Go's transparent
-//! retries; tower's [`TpsBudget`]).
-//!
-//! It knows nothing of the protocol: [`Upstreams::send`] hands the chosen instance (and
-//! the service made for it) to your attempt function, which sends the request and says
-//! how it went as a [`Tried`]. The HTTP gateway of the examples and
-//! [`crate::GrpcChannel`] (feature `tonic`) are built on it.
-//!
-//! **What is retried.** A request goes to another instance when its attempt failed
-//! with a connection refused ([`Failure::Refused`]: it never reached the instance, so
-//! it is sent again whatever it is), or failed in any way and the caller said it may be
-//! sent twice (`retryable`: idempotent by method, or marked). A retry is never sent to
-//! an instance this request already tried; it needs the budget to allow it (retries
-//! stay within [`RetryBudget::ratio`] of requests, plus [`RetryBudget::min_per_second`],
-//! so a sick fleet is not hammered), time left before the deadline, and another
-//! pickable instance.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> kvstore_core::Result<()> {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use kvstore_discovery::{Discovery, Failure, Instance, Registrar, ServingOptions, Tried, Upstreams};
-//!
-//! let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
-//! let registrar = Registrar::new(store.clone());
-//! let _dead = registrar.register(Instance::new("echo", "dead", "127.0.0.1:9001"), Duration::from_secs(10)).await?;
-//! let _live = registrar.register(Instance::new("echo", "live", "127.0.0.1:9002"), Duration::from_secs(10)).await?;
-//! let set = Discovery::new(store).watch("echo").await?;
-//!
-//! // The service made for each instance is its address; a real one is a client.
-//! let upstreams = Upstreams::new(set.reader(), ServingOptions::default(), |i: &Instance| Some(i.address.clone()));
-//! for _ in 0..10 {
-//!     let served_by = upstreams
-//!         .send(false, |instance, _address| async move {
-//!             if instance.id == "dead" {
-//!                 Tried::Failed(Failure::Refused, None) // connection refused: retried elsewhere
-//!             } else {
-//!                 Tried::Answered(instance.id.clone())
-//!             }
-//!         })
-//!         .await
-//!         .expect("served");
-//!     assert_eq!(served_by, "live");
-//! }
-//! assert_eq!(upstreams.detector().ejected(), ["dead"]);
-//! # Ok(()) }
-//! ```
+//! [`Upstreams`]: requests sent to a live instance that can serve them (feature `tower`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -223,7 +172,60 @@ struct Inner<S> {
 }
 
 /// The live instances of one service as a pool that serves requests; cheap to clone
-/// (clones share the pool, the detector and the budget). See the [module docs](self).
+/// (clones share the pool, the detector and the budget).
+///
+/// [`Upstreams`] (feature `tower`): send each request to a live instance that can serve
+/// it — picked by the power of two choices over requests in flight, skipping instances
+/// that are not `Up` or that an [`OutlierDetector`] ejected, and retried on *another*
+/// instance when it fails and may be sent again, under a retry budget, a per-try
+/// timeout and an overall deadline (Envoy's retry policy, gRPC-Go's transparent
+/// retries; tower's [`TpsBudget`]).
+///
+/// It knows nothing of the protocol: [`Upstreams::send`] hands the chosen instance (and
+/// the service made for it) to your attempt function, which sends the request and says
+/// how it went as a [`Tried`]. The HTTP gateway of the examples and
+/// [`crate::GrpcChannel`] (feature `tonic`) are built on it.
+///
+/// **What is retried.** A request goes to another instance when its attempt failed
+/// with a connection refused ([`Failure::Refused`]: it never reached the instance, so
+/// it is sent again whatever it is), or failed in any way and the caller said it may be
+/// sent twice (`retryable`: idempotent by method, or marked). A retry is never sent to
+/// an instance this request already tried; it needs the budget to allow it (retries
+/// stay within [`RetryBudget::ratio`] of requests, plus [`RetryBudget::min_per_second`],
+/// so a sick fleet is not hammered), time left before the deadline, and another
+/// pickable instance.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use kvstore_discovery::{Discovery, Failure, Instance, Registrar, ServingOptions, Tried, Upstreams};
+///
+/// let store: Arc<dyn kvstore_core::Store> = Arc::new(kvstore_memory::MemoryStore::new());
+/// let registrar = Registrar::new(store.clone());
+/// let _dead = registrar.register(Instance::new("echo", "dead", "127.0.0.1:9001"), Duration::from_secs(10)).await?;
+/// let _live = registrar.register(Instance::new("echo", "live", "127.0.0.1:9002"), Duration::from_secs(10)).await?;
+/// let set = Discovery::new(store).watch("echo").await?;
+///
+/// // The service made for each instance is its address; a real one is a client.
+/// let upstreams = Upstreams::new(set.reader(), ServingOptions::default(), |i: &Instance| Some(i.address.clone()));
+/// for _ in 0..10 {
+///     let served_by = upstreams
+///         .send(false, |instance, _address| async move {
+///             if instance.id == "dead" {
+///                 Tried::Failed(Failure::Refused, None) // connection refused: retried elsewhere
+///             } else {
+///                 Tried::Answered(instance.id.clone())
+///             }
+///         })
+///         .await
+///         .expect("served");
+///     assert_eq!(served_by, "live");
+/// }
+/// assert_eq!(upstreams.detector().ejected(), ["dead"]);
+/// # Ok(()) }
+/// ```
 pub struct Upstreams<S> {
     inner: Arc<Inner<S>>,
 }
@@ -379,7 +381,7 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
 
     /// Serve one request: call `attempt` with a picked instance and its service, and
     /// again with another instance while the try fails and may be retried (see the
-    /// [module docs](self)). Every try's outcome is reported to the
+    /// [`Upstreams`] docs). Every try's outcome is reported to the
     /// [`OutlierDetector`]; a try that does not answer within the per-try timeout is
     /// dropped and counts as [`Failure::Timeout`]. `retryable` says the request may be
     /// applied twice (idempotent, or marked by the caller); without it only refused
@@ -661,20 +663,19 @@ mod tests {
     async fn no_up_instance_is_no_instance() {
         let (registrations, upstreams) = service(&["a"], ServingOptions::default()).await;
         registrations[0].drain().await.unwrap();
-        let result = tokio::time::timeout(Duration::from_secs(5), async {
+        let error = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 let result = upstreams
                     .send(true, |_, ()| async { Tried::Answered(()) })
                     .await;
-                if result.is_err() {
-                    return result;
+                if let Err(error) = result {
+                    return error;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
         .expect("the drain is seen");
-        let error = result.unwrap_err();
         assert!(matches!(error, Unserved::NoInstance { .. }));
         assert!(error.nothing_reached());
     }

@@ -21,6 +21,14 @@
 //!   [`WeightedRandom`], [`ZonePreferring`]; with feature `tower`,
 //!   [`InstanceSet::into_discover`] feeds tower's `p2c::Balance`; with feature `tonic`,
 //!   [`InstanceSet::into_balance_channel`] makes a balanced gRPC channel.
+//! - Serving (docs/CONTRACT.md §9, "Serving"): [`OutlierDetector`] ejects instances
+//!   that refuse, reset, hang or fail, at once and for a growing time, never more than
+//!   a share of the set ([`SkipEjected`] for the balancers); [`ActiveHealth`] checks
+//!   instances itself (TCP, HTTP, `grpc.health.v1`); with feature `tower`, [`Upstreams`]
+//!   sends each request to a pickable instance and retries it on another under a
+//!   budget, per-try timeout and deadline, and with feature `tonic` [`GrpcChannel`] does
+//!   it for gRPC calls; [`Registration::drain_and_deregister`] stops a provider
+//!   gracefully.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -17,6 +17,7 @@ mod list;
 mod lock;
 mod machine;
 mod measure;
+mod serving;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -106,6 +107,8 @@ enum Section {
     Discovery,
     /// Election failover time on etcd and Redis.
     Election,
+    /// Requests through the gateway while a provider crashes or all restart in turn.
+    Serving,
     /// ZooKeeper get/put against the raw client.
     Zookeeper,
     /// Throughput against requests in flight (1 → 256).
@@ -122,7 +125,7 @@ enum Section {
 
 impl Section {
     /// Every section, in the order of a full run.
-    const ALL: [Section; 14] = [
+    const ALL: [Section; 15] = [
         Section::EtcdKv,
         Section::RedisKv,
         Section::MemoryKv,
@@ -131,6 +134,7 @@ impl Section {
         Section::Watch,
         Section::Discovery,
         Section::Election,
+        Section::Serving,
         Section::InflightCurve,
         Section::ValueSizeCurve,
         Section::ListCurve,
@@ -451,6 +455,7 @@ async fn run_section(
         Section::Watch => watches(servers, timing, report).await,
         Section::Discovery => discovery_rows(servers, timing, report).await,
         Section::Election => elections(servers, timing, report).await,
+        Section::Serving => serving_rows(servers, report).await,
         Section::Zookeeper => zookeeper(servers, timing, kv, report).await,
         Section::InflightCurve | Section::ValueSizeCurve => {
             kv_curves(section, servers, timing, args.raw_nodelay, report).await
@@ -991,6 +996,18 @@ async fn elections(servers: &mut Servers, timing: &Timing, report: &mut Report) 
     Ok(())
 }
 
+/// Requests through the gateway while a provider crashes or all restart in turn, on etcd
+/// and Redis ([`serving`]).
+async fn serving_rows(servers: &mut Servers, report: &mut Report) -> BenchResult<()> {
+    let (etcd, _) = servers.etcd()?;
+    let etcd = etcd_store(etcd, "bench-serving").await?;
+    let (redis, _) = servers.redis()?;
+    let redis = redis_store(redis, "bench-serving").await?;
+    let table = serving::table(&[("etcd", etcd), ("redis", redis)]).await?;
+    report.table(Section::Serving, &table);
+    Ok(())
+}
+
 /// ZooKeeper get/put at 1 and 64 in flight (points, short rounds).
 async fn zookeeper(
     servers: &mut Servers,
@@ -1180,6 +1197,7 @@ fn heading(section: Section) -> &'static str {
         Section::Watch => "Watches",
         Section::Discovery => "Discovery",
         Section::Election => "Elections",
+        Section::Serving => "Serving under faults",
         Section::InflightCurve => "Curve: requests in flight",
         Section::ValueSizeCurve => "Curve: value size",
         Section::ListCurve => "Curve: prefix size (list and watch snapshot)",

@@ -158,10 +158,9 @@ pub async fn rolling_restart(
         fleet(store, service, mode, &[Method::GET, Method::POST]).await?;
     tokio::time::sleep(WARM_UP).await;
     let started = Instant::now();
-    for i in 0..providers.len() {
-        let id = format!("p{i}");
-        let replacement = start_provider(store, service, &format!("{id}-new")).await?;
-        let stopping = std::mem::replace(&mut providers[i], replacement);
+    for (i, slot) in providers.iter_mut().enumerate() {
+        let replacement = start_provider(store, service, &format!("p{i}-new")).await?;
+        let stopping = std::mem::replace(slot, replacement);
         match mode {
             Mode::Baseline => {
                 stopping.registration.deregister().await?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kvstore_discovery::{Discovery, GrpcChannel, GrpcOptions, ServingOptions};
 use kvstore_examples::grpc::{EchoClient, EchoRequest};
-use kvstore_testsuite::server::{shared_etcd, shared_redis};
+use kvstore_testkit::server::{shared_etcd, shared_redis};
 use nix::sys::signal::Signal;
 use processes::{Running, STEP_TIMEOUT, crash, signal, start, terminate};
 use tokio::task::JoinSet;

@@ -8,7 +8,7 @@ mod processes;
 use std::time::{Duration, Instant};
 
 use kvstore_examples::client::HttpClient;
-use kvstore_testsuite::server::{EtcdServer, RedisServer, free_port};
+use kvstore_testkit::server::{EtcdServer, RedisServer, free_port};
 use processes::{STEP_TIMEOUT, crash, start};
 
 const TTL_SECS: u64 = 2;

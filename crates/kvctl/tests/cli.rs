@@ -5,7 +5,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kvstore_testsuite::server::{free_port, shared_etcd, shared_redis};
+use kvstore_testkit::server::{free_port, shared_etcd, shared_redis};
 use kvstore_testsuite::unique_namespace;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -451,7 +451,7 @@ fn passwords_never_reach_the_output_when_the_store_is_unreachable() {
 #[test]
 fn a_refused_password_is_not_shown() {
     let server =
-        kvstore_testsuite::server::RedisServer::start_with(&["--requirepass", "the-right-one"])
+        kvstore_testkit::server::RedisServer::start_with(&["--requirepass", "the-right-one"])
             .unwrap();
     let url = format!("redis://default:hunter2@127.0.0.1:{}/0", server.port());
     let output = run(bare_kvctl().args(["--store", &url, "--timeout", "2", "get", "k"]));

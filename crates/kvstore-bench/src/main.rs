@@ -33,7 +33,7 @@ use kvstore::layer::{LayerExt, ObserveLayer};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_memory::MemoryStore;
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::{EtcdServer, RedisServer};
+use kvstore_testkit::server::{EtcdServer, RedisServer};
 use redis::IntoConnectionInfo;
 
 use crate::kv::{Client, KvTables, Op, RowSpec, Workload};
@@ -1016,7 +1016,7 @@ async fn zookeeper(
     report: &mut Report,
 ) -> BenchResult<()> {
     eprintln!("starting zookeeper ...");
-    let server = kvstore_testsuite::zookeeper::ZooKeeperServer::start()?;
+    let server = kvstore_testkit::zookeeper::ZooKeeperServer::start()?;
     let pid = servers.placement.pin_server("zookeeper", server.port());
     let ours = kvstore::open(&format!("zookeeper://{}/bench", server.address())).await?;
     let raw = zookeeper_client::Client::connect(&server.address()).await?;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kvstore_core::{Result, Store};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_testkit::server::shared_etcd;
 use kvstore_testsuite::Harness;
-use kvstore_testsuite::server::shared_etcd;
 
 struct EtcdHarness;
 

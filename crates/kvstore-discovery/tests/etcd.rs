@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kvstore_core::{Result, Store};
 use kvstore_discovery::{Discovery, DiscoveryOptions, Health, Instance, InstanceSet, StaleError};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testsuite::server::{EtcdServer, shared_etcd};
+use kvstore_testkit::server::{EtcdServer, shared_etcd};
 use kvstore_testsuite::{Harness, WAIT};
 
 struct EtcdHarness;

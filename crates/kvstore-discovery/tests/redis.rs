@@ -13,7 +13,7 @@ use kvstore_discovery::{
     RegistrationStatus, StaleError,
 };
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::{RedisServer, shared_redis};
+use kvstore_testkit::server::{RedisServer, shared_redis};
 use kvstore_testsuite::{Harness, WAIT};
 
 struct RedisHarness;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kvstore_core::{Result, Store};
+use kvstore_testkit::zookeeper::shared_zookeeper;
 use kvstore_testsuite::Harness;
-use kvstore_testsuite::zookeeper::shared_zookeeper;
 use kvstore_zookeeper::{ZooKeeperConfig, ZooKeeperStore};
 
 struct ZooKeeperHarness;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use etcd_client::{Client, ConnectOptions};
 use kvstore_core::{Error, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{Credentials, EtcdConfig, EtcdStore};
-use kvstore_testsuite::proxy::TcpProxy;
-use kvstore_testsuite::server::EtcdServer;
+use kvstore_testkit::proxy::TcpProxy;
+use kvstore_testkit::server::EtcdServer;
 use kvstore_testsuite::{WAIT, next_item, unique_namespace};
 
 /// etcd's simple-token lifetime in these tests, in seconds.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{Error, LeaseLoss, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testsuite::server::{EtcdCluster, EtcdServer};
+use kvstore_testkit::server::{EtcdCluster, EtcdServer};
 use kvstore_testsuite::{WAIT, next_item, put_retrying, unique_namespace};
 
 async fn connect(addresses: Vec<String>, namespace: &str) -> Arc<dyn Store> {
@@ -138,7 +138,7 @@ async fn cluster_keeps_serving_puts_and_watches_when_a_member_dies() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_unavailable_within_the_connect_timeout() {
-    let port = kvstore_testsuite::server::free_port().unwrap();
+    let port = kvstore_testkit::server::free_port().unwrap();
     let mut config = EtcdConfig::new([format!("127.0.0.1:{port}")]);
     config.connect_timeout = Duration::from_secs(1);
     let started = std::time::Instant::now();
@@ -159,7 +159,7 @@ async fn connect_skips_an_endpoint_that_is_down() {
     let server = EtcdServer::start().unwrap();
     let dead = format!(
         "127.0.0.1:{}",
-        kvstore_testsuite::server::free_port().unwrap()
+        kvstore_testkit::server::free_port().unwrap()
     );
     for endpoints in [
         vec![dead.clone(), server.address()],

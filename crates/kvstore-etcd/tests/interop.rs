@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions, Store};
 use kvstore_etcd::{Credentials, EtcdConfig, EtcdStore};
-use kvstore_testsuite::server::{EtcdServer, shared_etcd};
+use kvstore_testkit::server::{EtcdServer, shared_etcd};
 use kvstore_testsuite::{next_item, unique_namespace};
 
 async fn store(namespace: &str) -> Arc<dyn Store> {

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use kvstore_core::backend::Backend;
 use kvstore_core::{Error, LeaseId, LeaseLoss, Store};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testsuite::server::{EtcdCluster, EtcdServer};
+use kvstore_testkit::server::{EtcdCluster, EtcdServer};
 use kvstore_testsuite::{WAIT, unique_namespace};
 
 /// The request timeout of the stores in these tests.

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use etcd_client::{Client, Txn, TxnOp};
 use kvstore_core::{KvPair, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{DEFAULT_MAX_VALUE_SIZE, EtcdConfig, EtcdStore};
-use kvstore_testsuite::proxy::TcpProxy;
-use kvstore_testsuite::server::{EtcdServer, shared_etcd};
+use kvstore_testkit::proxy::TcpProxy;
+use kvstore_testkit::server::{EtcdServer, shared_etcd};
 use kvstore_testsuite::{next_item, unique_namespace};
 
 /// 20,480 values of 1 KiB: 20 MiB of values, 21 pages of a range read.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions, Store};
 use kvstore_etcd::{EtcdConfig, EtcdStore, TlsConfig};
-use kvstore_testsuite::server::{EtcdServer, ServerTls};
+use kvstore_testkit::server::{EtcdServer, ServerTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 /// A fresh CA, as PEM, and an issuer for signing with it.

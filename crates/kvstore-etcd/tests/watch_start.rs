@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testsuite::server::shared_etcd;
+use kvstore_testkit::server::shared_etcd;
 use kvstore_testsuite::{WAIT, next_item, unique_namespace};
 use tokio::sync::Mutex;
 

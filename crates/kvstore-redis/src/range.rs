@@ -378,7 +378,7 @@ mod tests {
     use bytes::Bytes;
     use futures::StreamExt;
     use kvstore_core::{PutOptions, Store, Txn, TxnOp, WatchFrom};
-    use kvstore_testsuite::server::shared_redis;
+    use kvstore_testkit::server::shared_redis;
     use kvstore_testsuite::{WAIT, next_item, unique_namespace};
 
     use crate::RedisConfig;

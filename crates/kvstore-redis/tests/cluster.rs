@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{PutOptions, Result, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testkit::redis_topology::RedisCluster;
 use kvstore_testsuite::Harness;
-use kvstore_testsuite::redis_topology::RedisCluster;
 use kvstore_testsuite::{next_item, unique_namespace};
 
 /// One cluster shared by every test of this binary; killed when it exits.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kvstore_core::{Result, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testkit::server::shared_redis;
 use kvstore_testsuite::Harness;
-use kvstore_testsuite::server::shared_redis;
 
 struct RedisHarness;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kvstore_core::{PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::RedisServer;
+use kvstore_testkit::server::RedisServer;
 use kvstore_testsuite::{let_server_time_pass, next_item, unique_namespace};
 
 /// The client name of the test's own admin connection, whose commands are not counted.

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use kvstore_core::{Error, LeaseLoss, LockOptions, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::proxy::TcpProxy;
-use kvstore_testsuite::server::RedisServer;
+use kvstore_testkit::proxy::TcpProxy;
+use kvstore_testkit::server::RedisServer;
 use kvstore_testsuite::{WAIT, next_item, put_retrying, unique_namespace};
 
 async fn connect(url: String, namespace: &str) -> RedisStore {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::RedisServer;
+use kvstore_testkit::server::RedisServer;
 use kvstore_testsuite::{WAIT, unique_namespace};
 
 /// A replica of `primary`, once its replication link is up.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{Error, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore, WATCH_CLIENT_NAME};
-use kvstore_testsuite::server::{RedisServer, free_port, shared_redis};
+use kvstore_testkit::server::{RedisServer, free_port, shared_redis};
 use kvstore_testsuite::{next_item, put_retrying, unique_namespace};
 
 async fn connect(url: String, namespace: &str) -> Arc<dyn Store> {

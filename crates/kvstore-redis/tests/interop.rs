@@ -5,7 +5,7 @@ use std::process::Command;
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::{RedisServer, find_binary, shared_redis};
+use kvstore_testkit::server::{RedisServer, find_binary, shared_redis};
 use kvstore_testsuite::unique_namespace;
 
 async fn store(namespace: &str) -> RedisStore {

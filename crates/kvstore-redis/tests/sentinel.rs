@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvstore_core::{KvPair, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::redis_topology::RedisSentinelSet;
+use kvstore_testkit::redis_topology::RedisSentinelSet;
 use kvstore_testsuite::{WAIT, next_item, put_retrying, unique_namespace};
 
 fn apply(state: &mut BTreeMap<String, KvPair>, event: WatchEvent) {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use kvstore_core::{PutOptions, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::{RedisServer, ServerTls};
+use kvstore_testkit::server::{RedisServer, ServerTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testsuite::server::RedisServer;
+use kvstore_testkit::server::RedisServer;
 use kvstore_testsuite::{WAIT, next_item, unique_namespace};
 
 const WATCHERS: usize = 10_000;

@@ -34,12 +34,8 @@ mod leases;
 mod lifecycle;
 mod locks;
 mod operations;
-pub mod proxy;
-pub mod redis_topology;
-pub mod server;
 mod txn;
 mod watch;
-pub mod zookeeper;
 
 pub use election::*;
 pub use keys::*;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use kvstore_core::{Error, PutOptions, Store, WatchEvent, WatchFrom};
-use kvstore_testsuite::server::free_port;
-use kvstore_testsuite::zookeeper::{ZooKeeperEnsemble, ZooKeeperServer, shared_zookeeper};
+use kvstore_testkit::server::free_port;
+use kvstore_testkit::zookeeper::{ZooKeeperEnsemble, ZooKeeperServer, shared_zookeeper};
 use kvstore_testsuite::{next_item, put_retrying, unique_namespace};
 use kvstore_zookeeper::{ZooKeeperConfig, ZooKeeperStore};
 

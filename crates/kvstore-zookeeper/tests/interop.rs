@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions, Store};
+use kvstore_testkit::zookeeper::{ZooKeeperServer, shared_zookeeper};
 use kvstore_testsuite::unique_namespace;
-use kvstore_testsuite::zookeeper::{ZooKeeperServer, shared_zookeeper};
 use kvstore_zookeeper::{ZooKeeperConfig, ZooKeeperStore};
 
 async fn store(namespace: &str) -> ZooKeeperStore {

@@ -33,7 +33,7 @@ async fn unknown_scheme_is_a_config_error_naming_it() {
 #[cfg(feature = "zookeeper")]
 #[tokio::test]
 async fn zookeeper_url_opens_a_zookeeper_store() {
-    let server = kvstore_testsuite::zookeeper::shared_zookeeper();
+    let server = kvstore_testkit::zookeeper::shared_zookeeper();
     let store = kvstore::open(&format!("zookeeper://{}/open-test", server.address()))
         .await
         .unwrap();
@@ -60,7 +60,7 @@ async fn memory_url_with_unknown_option_is_a_config_error() {
 #[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_url_opens_an_etcd_store() {
-    let server = kvstore_testsuite::server::shared_etcd();
+    let server = kvstore_testkit::server::shared_etcd();
     let store = kvstore::open(&format!("etcd://{}/open-test", server.address()))
         .await
         .unwrap();
@@ -79,7 +79,7 @@ async fn etcd_url_without_the_feature_names_the_feature() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_url_opens_a_redis_store() {
-    let server = kvstore_testsuite::server::shared_redis();
+    let server = kvstore_testkit::server::shared_redis();
     let store = kvstore::open(&format!("{}/0?namespace=open-test", server.url()))
         .await
         .unwrap();

@@ -9,9 +9,9 @@
 //! no byte that reaches the proxy afterwards is forwarded, either way.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), kvstore_testsuite::server::ServerError> {
-//! use kvstore_testsuite::proxy::TcpProxy;
-//! use kvstore_testsuite::server::RedisServer;
+//! # fn main() -> Result<(), kvstore_testkit::server::ServerError> {
+//! use kvstore_testkit::proxy::TcpProxy;
+//! use kvstore_testkit::server::RedisServer;
 //!
 //! let redis = RedisServer::start()?;
 //! let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into())?;

@@ -769,9 +769,22 @@ impl RedisServer {
         self.port
     }
 
+    /// `127.0.0.1:PORT`: where clients connect (as every server of this crate says it).
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}", self.address())
+    }
+
+    /// Run `redis-cli` against this server ([`redis_cli`]).
+    ///
+    /// # Errors
+    /// As [`redis_cli`].
+    pub fn redis_cli(&self, args: &[&str]) -> ServerResult<String> {
+        redis_cli(self.port, args)
     }
 
     /// The server's directory (for certificates and logs).

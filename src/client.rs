@@ -19,6 +19,12 @@ pub struct Reply {
     pub body: String,
 }
 
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
 /// An HTTP/1 client.
 #[derive(Clone)]
 pub struct HttpClient {

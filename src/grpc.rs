@@ -28,7 +28,7 @@ pub struct EchoReply {
     pub served_by: String,
 }
 
-#[allow(missing_docs, clippy::all)]
+#[allow(missing_docs, unreachable_pub, clippy::all)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/kvstore.examples.Echo.rs"));
 }

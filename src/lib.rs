@@ -4,8 +4,6 @@
 //! `grpc`) a gRPC echo service. Real HTTP and gRPC (axum, hyper, tonic) on loopback; the
 //! examples in `examples/` wire them to a kvstore.
 
-#![warn(missing_docs)]
-
 pub mod client;
 pub mod echo;
 pub mod gateway;

@@ -11,10 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// How long a process may take to say it is ready.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An example binary built by `cargo test` next to this test's binary.
-pub fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let target = exe
         .parent()
@@ -30,7 +30,7 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// A child process killed on drop.
-pub struct Running(pub Child);
+pub(crate) struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -40,7 +40,7 @@ impl Drop for Running {
 }
 
 /// Start an example and wait for the stdout line starting with `ready`.
-pub fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
+pub(crate) fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
     let mut child = Command::new(example(name))
         .args(args)
         .stdout(Stdio::piped())
@@ -68,7 +68,7 @@ pub fn start(name: &str, args: &[&str], ready: &str) -> (Running, String) {
 }
 
 /// Kill `process` with SIGKILL, as a crash would, and reap it.
-pub fn crash(process: &mut Running) {
+pub(crate) fn crash(process: &mut Running) {
     let pid = i32::try_from(process.0.id()).expect("a pid fits in i32");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -79,7 +79,7 @@ pub fn crash(process: &mut Running) {
 }
 
 /// Send `signal` to `process`.
-pub fn signal(process: &Running, signal: nix::sys::signal::Signal) {
+pub(crate) fn signal(process: &Running, signal: nix::sys::signal::Signal) {
     let pid = i32::try_from(process.0.id()).expect("a pid fits in i32");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
         .unwrap_or_else(|e| panic!("{signal}: {e}"));
@@ -87,7 +87,7 @@ pub fn signal(process: &Running, signal: nix::sys::signal::Signal) {
 
 /// Stop `process` with SIGTERM, as an orchestrator does, and wait (at most
 /// [`STEP_TIMEOUT`]) for it to exit.
-pub async fn terminate(process: &mut Running) {
+pub(crate) async fn terminate(process: &mut Running) {
     signal(process, nix::sys::signal::Signal::SIGTERM);
     let deadline = std::time::Instant::now() + STEP_TIMEOUT;
     loop {

@@ -10,7 +10,7 @@ use crate::output::Format;
 /// same semantics as every kvstore backend.
 #[derive(Parser, Debug)]
 #[command(name = "kvctl", version, after_help = crate::exit::HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
@@ -18,11 +18,11 @@ pub struct Cli {
 }
 
 /// The store kvctl talks to unless told otherwise: etcd on this machine, as etcdctl.
-pub const DEFAULT_STORE: &str = "etcd://127.0.0.1:2379";
+pub(crate) const DEFAULT_STORE: &str = "etcd://127.0.0.1:2379";
 
 /// Options every command takes.
 #[derive(Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Store URL: etcd://[user:password@]host:port[,host:port...][/namespace],
     /// redis[s]://[user:password@]host:port[/db], redis+cluster://h1:p1,h2:p2,
     /// redis+sentinel://h:p/master or zookeeper://h1:2181[,h2:2181][/namespace]; by
@@ -76,7 +76,7 @@ impl std::fmt::Debug for Global {
 
 /// What to do.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Print a key's value.
     Get {
         /// The key.
@@ -186,7 +186,7 @@ pub enum Command {
 
 /// Lease commands.
 #[derive(Subcommand, Debug)]
-pub enum LeaseCommand {
+pub(crate) enum LeaseCommand {
     /// Grant a lease of TTL seconds and print its ID (it expires unless kept alive).
     Grant {
         /// TTL in seconds.
@@ -206,7 +206,7 @@ pub enum LeaseCommand {
 
 /// Service commands.
 #[derive(Subcommand, Debug)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// List services with at least one instance.
     Ls,
     /// Show a service's instances as a table.

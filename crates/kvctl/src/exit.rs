@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use kvstore::Error;
 
 /// The store, and the exit codes, as `kvctl --help` documents them.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 Store:
   --store URL or KVSTORE_URL; the default is etcd://127.0.0.1:2379, as etcdctl's.
   memory:// is refused: each kvctl command would get a fresh empty store and its writes
@@ -21,23 +21,23 @@ Exit codes:
   6  authentication refused";
 
 /// Success.
-pub const OK: u8 = 0;
+pub(crate) const OK: u8 = 0;
 /// Any other failure.
-pub const FAILURE: u8 = 1;
+pub(crate) const FAILURE: u8 = 1;
 /// Bad flags, malformed URL, invalid key or argument.
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// The key, lease or service does not exist.
-pub const NOT_FOUND: u8 = 3;
+pub(crate) const NOT_FOUND: u8 = 3;
 /// Compare-and-swap failed.
-pub const CONFLICT: u8 = 4;
+pub(crate) const CONFLICT: u8 = 4;
 /// The store cannot be reached or timed out.
-pub const UNAVAILABLE: u8 = 5;
+pub(crate) const UNAVAILABLE: u8 = 5;
 /// Authentication refused.
-pub const AUTH: u8 = 6;
+pub(crate) const AUTH: u8 = 6;
 
 /// A failed command: what it was doing and why.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What was being done, e.g. `get config/mode`.
     pub context: String,
     /// The cause.
@@ -46,7 +46,7 @@ pub struct Failure {
 
 impl Failure {
     /// The exit code for this failure.
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         match &self.error {
             Error::KeyNotFound { .. } | Error::LeaseLost { .. } => NOT_FOUND,
             Error::KeyExists { .. } | Error::KeyModified { .. } => CONFLICT,
@@ -62,14 +62,14 @@ impl Failure {
     }
 
     /// Print the one-line message and return the exit code.
-    pub fn report(&self) -> ExitCode {
+    pub(crate) fn report(&self) -> ExitCode {
         eprintln!("kvctl: {}: {}", self.context, self.error);
         ExitCode::from(self.code())
     }
 }
 
 /// Attach what was being done to a store error.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     /// Name the command and key the error happened in.
     fn context(self, context: impl FnOnce() -> String) -> Result<T, Failure>;
 }
@@ -84,7 +84,7 @@ impl<T> Context<T> for kvstore::Result<T> {
 }
 
 /// A usage problem found by kvctl itself (not by clap).
-pub fn usage(context: &str, message: impl Into<String>) -> Failure {
+pub(crate) fn usage(context: &str, message: impl Into<String>) -> Failure {
     Failure {
         context: context.to_owned(),
         error: Error::InvalidArgument {

@@ -25,7 +25,7 @@ pub(crate) fn lease_id(text: &str) -> Result<LeaseId, Failure> {
         .map_err(|_| usage("--lease", format!("{text:?} is not a hexadecimal lease ID")))
 }
 
-pub async fn get(store: &Arc<dyn Store>, key: &str, format: Format) -> Result<u8, Failure> {
+pub(crate) async fn get(store: &Arc<dyn Store>, key: &str, format: Format) -> Result<u8, Failure> {
     let pair = store.get(key).await.context(|| format!("get {key}"))?;
     match format {
         Format::Text => println!("{}", escape(&pair.value)),
@@ -34,7 +34,7 @@ pub async fn get(store: &Arc<dyn Store>, key: &str, format: Format) -> Result<u8
     Ok(OK)
 }
 
-pub async fn put(
+pub(crate) async fn put(
     store: &Arc<dyn Store>,
     key: &str,
     value: Option<String>,
@@ -69,12 +69,12 @@ pub async fn put(
     Ok(OK)
 }
 
-pub async fn delete(store: &Arc<dyn Store>, key: &str) -> Result<u8, Failure> {
+pub(crate) async fn delete(store: &Arc<dyn Store>, key: &str) -> Result<u8, Failure> {
     store.delete(key).await.context(|| format!("del {key}"))?;
     Ok(OK)
 }
 
-pub async fn list(
+pub(crate) async fn list(
     store: &Arc<dyn Store>,
     prefix: &str,
     values: bool,
@@ -94,7 +94,7 @@ pub async fn list(
     Ok(OK)
 }
 
-pub async fn delete_tree(store: &Arc<dyn Store>, prefix: &str) -> Result<u8, Failure> {
+pub(crate) async fn delete_tree(store: &Arc<dyn Store>, prefix: &str) -> Result<u8, Failure> {
     store
         .delete_tree(prefix)
         .await
@@ -102,7 +102,7 @@ pub async fn delete_tree(store: &Arc<dyn Store>, prefix: &str) -> Result<u8, Fai
     Ok(OK)
 }
 
-pub async fn cas(
+pub(crate) async fn cas(
     store: &Arc<dyn Store>,
     key: &str,
     value: String,

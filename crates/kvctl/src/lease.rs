@@ -11,7 +11,7 @@ use crate::keys::lease_id;
 use crate::output::Format;
 use crate::{interrupted, seconds};
 
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn Store>,
     command: LeaseCommand,
     format: Format,

@@ -12,7 +12,7 @@ use crate::{interrupted, seconds};
 /// Acquire the lock, print the fencing token, run the command with
 /// `KVSTORE_FENCING_TOKEN` set, release, and exit with the command's status. If the lock
 /// is lost while the command runs, the command is killed and kvctl fails.
-pub async fn run_locked(
+pub(crate) async fn run_locked(
     store: &Arc<dyn Store>,
     key: &str,
     ttl: f64,
@@ -50,7 +50,7 @@ pub async fn run_locked(
 /// the command with `KVSTORE_FENCING_TOKEN` set, resign, and exit with the command's
 /// status. If the leadership is lost while the command runs, the command is killed and
 /// kvctl fails.
-pub async fn run_elected(
+pub(crate) async fn run_elected(
     store: &Arc<dyn Store>,
     name: &str,
     value: &str,

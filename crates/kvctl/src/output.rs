@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Human-readable lines; non-printable bytes escaped (`\x00`, `\n`).
     Text,
     /// One JSON object per line; values base64-encoded in `value_base64`.
@@ -15,7 +15,7 @@ pub enum Format {
 
 /// A value as text: valid UTF-8 without control characters is printed as is, anything
 /// else byte by byte with `\n`, `\t`, `\\` and `\xNN` escapes.
-pub fn escape(value: &[u8]) -> String {
+pub(crate) fn escape(value: &[u8]) -> String {
     match std::str::from_utf8(value) {
         Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
         _ => value
@@ -27,12 +27,12 @@ pub fn escape(value: &[u8]) -> String {
 }
 
 /// A pair as JSON (kvstore's `serde` form: the value base64 in `value_base64`).
-pub fn pair_json(pair: &KvPair) -> Value {
+pub(crate) fn pair_json(pair: &KvPair) -> Value {
     serde_json::to_value(pair).unwrap_or(Value::Null)
 }
 
 /// An event as one line.
-pub fn event_line(event: &WatchEvent, format: Format) -> String {
+pub(crate) fn event_line(event: &WatchEvent, format: Format) -> String {
     match (format, event) {
         (Format::Text, WatchEvent::Put(pair)) => {
             format!(

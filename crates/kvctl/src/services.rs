@@ -12,7 +12,7 @@ use crate::exit::{Context, Failure, OK};
 use crate::output::Format;
 use crate::{interrupted, seconds};
 
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn Store>,
     command: ServiceCommand,
     format: Format,

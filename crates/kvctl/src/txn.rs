@@ -35,7 +35,7 @@ use crate::output::{Format, escape, pair_json};
 ///
 /// # Errors
 /// A usage failure naming the line that does not parse.
-pub fn parse(text: &str) -> Result<Txn, Failure> {
+pub(crate) fn parse(text: &str) -> Result<Txn, Failure> {
     let mut sections: Vec<Vec<(usize, &str)>> = vec![Vec::new()];
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -177,7 +177,7 @@ fn quoted(text: &str) -> Result<(String, &str), String> {
 
 /// Apply the transaction and print what it did: `SUCCESS` or `FAILURE`, then one line
 /// (or pair) per operation of the applied branch, as etcdctl does.
-pub async fn run(store: &Arc<dyn Store>, text: &str, format: Format) -> Result<u8, Failure> {
+pub(crate) async fn run(store: &Arc<dyn Store>, text: &str, format: Format) -> Result<u8, Failure> {
     let txn = parse(text)?;
     let response = store.txn(txn).await.context(|| "txn".to_owned())?;
     match format {

@@ -10,7 +10,7 @@ use crate::exit::{Context, Failure, OK};
 use crate::interrupted;
 use crate::output::{Format, escape, event_line, pair_json};
 
-pub async fn watch(
+pub(crate) async fn watch(
     store: &Arc<dyn Store>,
     key: &str,
     prefix: bool,

@@ -15,7 +15,7 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
 /// The system allocator, counting only while a [`HeapPhase`] is active.
-pub struct Counting;
+pub(crate) struct Counting;
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the counter is
 // only bookkeeping.
@@ -53,19 +53,19 @@ unsafe impl GlobalAlloc for Counting {
 /// Blocks allocated before the phase and freed during it are subtracted although they
 /// were never added, so a figure can read slightly low, never high; the phases measure
 /// what a step *holds* (live after minus live before), where that error is small.
-pub struct HeapPhase {
+pub(crate) struct HeapPhase {
     _private: (),
 }
 
 impl HeapPhase {
     /// Start counting.
-    pub fn start() -> HeapPhase {
+    pub(crate) fn start() -> HeapPhase {
         COUNTING.store(true, Ordering::SeqCst);
         HeapPhase { _private: () }
     }
 
     /// Live bytes counted so far in this process's counting phases.
-    pub fn live_bytes(&self) -> f64 {
+    pub(crate) fn live_bytes(&self) -> f64 {
         LIVE.load(Ordering::Relaxed) as f64
     }
 }

@@ -15,7 +15,7 @@ use crate::measure::{BenchResult, Call, Plan, SideRuns, compare, millis};
 ///
 /// # Errors
 /// A failed request.
-pub async fn txn_vs_raw_etcd(
+pub(crate) async fn txn_vs_raw_etcd(
     ours: &Arc<dyn Store>,
     raw: &etcd_client::Client,
     namespace: &str,
@@ -63,7 +63,7 @@ pub async fn txn_vs_raw_etcd(
 ///
 /// # Errors
 /// A failed campaign.
-pub async fn election_failover(
+pub(crate) async fn election_failover(
     leader: &Arc<dyn Store>,
     next: &Arc<dyn Store>,
     ttl: Duration,
@@ -95,7 +95,7 @@ pub async fn election_failover(
 ///
 /// # Errors
 /// A failed request.
-pub async fn zookeeper_vs_raw(
+pub(crate) async fn zookeeper_vs_raw(
     ours: &Arc<dyn Store>,
     raw: &zookeeper_client::Client,
     op_put: bool,

@@ -20,7 +20,7 @@ const TTL: Duration = Duration::from_secs(30);
 ///
 /// # Errors
 /// A failed registration or watch.
-pub async fn register_to_visible(
+pub(crate) async fn register_to_visible(
     store: &Arc<dyn Store>,
     samples: usize,
 ) -> BenchResult<Percentiles> {
@@ -51,7 +51,7 @@ pub async fn register_to_visible(
 }
 
 /// What [`scale`] measures.
-pub struct Scale {
+pub(crate) struct Scale {
     /// `resolve` of the whole service.
     pub resolve: Percentiles,
     /// Client heap held by the live registrations (MiB; for the memory backend it
@@ -67,7 +67,11 @@ pub struct Scale {
 ///
 /// # Errors
 /// A failed request.
-pub async fn scale(store: &Arc<dyn Store>, count: usize, resolves: usize) -> BenchResult<Scale> {
+pub(crate) async fn scale(
+    store: &Arc<dyn Store>,
+    count: usize,
+    resolves: usize,
+) -> BenchResult<Scale> {
     let phase = HeapPhase::start();
     let before = phase.live_bytes();
     let registrations = register_many(store, "scale", count).await?;
@@ -134,7 +138,7 @@ async fn register_many(
 ///
 /// # Errors
 /// A failed request.
-pub async fn fan_out(
+pub(crate) async fn fan_out(
     store: &Arc<dyn Store>,
     instances: usize,
     watchers: usize,

@@ -30,11 +30,11 @@ use crate::measure::{
 };
 
 /// Value size of the headline rows, in bytes.
-pub const VALUE_SIZE: usize = 100;
+pub(crate) const VALUE_SIZE: usize = 100;
 /// Keys the headline gets and puts cycle through.
-pub const KEYS: usize = 1000;
+pub(crate) const KEYS: usize = 1000;
 /// The TTL of TTL puts.
-pub const TTL: Duration = Duration::from_secs(10);
+pub(crate) const TTL: Duration = Duration::from_secs(10);
 
 /// The raw same-work write (see the module docs).
 /// KEYS: revision counter, the key's hash, prefix index, change log, lease deadlines,
@@ -65,14 +65,14 @@ return rev
 ";
 
 /// Raw Redis doing the contract's minimum (module docs), under its own hash tag `{raw}`.
-pub struct RedisSameWork {
+pub(crate) struct RedisSameWork {
     connection: redis::aio::MultiplexedConnection,
     script: redis::Script,
 }
 
 impl RedisSameWork {
     /// The baseline on `connection`.
-    pub fn new(connection: redis::aio::MultiplexedConnection) -> RedisSameWork {
+    pub(crate) fn new(connection: redis::aio::MultiplexedConnection) -> RedisSameWork {
         RedisSameWork {
             connection,
             script: redis::Script::new(SAME_WORK_WRITE),
@@ -141,7 +141,7 @@ fn found(present: bool, key: &str) -> BenchResult<()> {
 
 /// One side of a comparison.
 #[derive(Clone)]
-pub enum Client {
+pub(crate) enum Client {
     /// Our store.
     Ours(Arc<dyn Store>),
     /// The in-memory baseline.
@@ -156,7 +156,7 @@ pub enum Client {
 
 /// The operations compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// Read one of the workload's keys.
     Get,
     /// Overwrite one of the workload's keys.
@@ -169,7 +169,7 @@ pub enum Op {
 
 impl Op {
     /// The operation's name in the tables.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
             Op::Put => "put",
@@ -181,14 +181,14 @@ impl Op {
 
 /// What a comparison reads and writes: keys `{prefix}/{i}` and one value.
 #[derive(Clone, Debug)]
-pub struct Workload {
+pub(crate) struct Workload {
     keys: Arc<Vec<String>>,
     value: Bytes,
 }
 
 impl Workload {
     /// `count` keys under `prefix`, each written with `value_size` bytes.
-    pub fn new(prefix: &str, count: usize, value_size: usize) -> Workload {
+    pub(crate) fn new(prefix: &str, count: usize, value_size: usize) -> Workload {
         Workload {
             keys: Arc::new(
                 (0..count.max(1))
@@ -211,7 +211,7 @@ fn etcd_raw_key(key: &str) -> String {
 
 impl Client {
     /// Write every key of `work` (before gets).
-    pub async fn fill(&self, work: &Workload) -> BenchResult<()> {
+    pub(crate) async fn fill(&self, work: &Workload) -> BenchResult<()> {
         for key in work.keys.iter() {
             self.put(key, work.value.clone()).await?;
         }
@@ -219,7 +219,7 @@ impl Client {
     }
 
     /// Run request `call` of `op` on `work`.
-    pub async fn run(&self, op: Op, call: Call, work: &Workload) -> BenchResult<()> {
+    pub(crate) async fn run(&self, op: Op, call: Call, work: &Workload) -> BenchResult<()> {
         match op {
             Op::Get => self.get(work.key(call.i)).await,
             Op::Put => self.put(work.key(call.i), work.value.clone()).await,
@@ -377,7 +377,7 @@ impl Client {
 
 /// The tables the key-value comparisons fill.
 #[derive(Debug)]
-pub struct KvTables {
+pub(crate) struct KvTables {
     /// Throughput rows with their per-round ratios and verdicts.
     pub throughput: Table,
     /// Latency percentiles from the one-in-flight rounds.
@@ -386,7 +386,7 @@ pub struct KvTables {
 
 impl KvTables {
     /// Empty tables.
-    pub fn new(timing: &Timing) -> KvTables {
+    pub(crate) fn new(timing: &Timing) -> KvTables {
         KvTables {
             throughput: Table::new(
                 "Throughput: ours against the raw client doing the same work",
@@ -426,7 +426,7 @@ impl KvTables {
 
 /// A row's settings.
 #[derive(Clone, Copy, Debug)]
-pub struct RowSpec {
+pub(crate) struct RowSpec {
     /// The operation.
     pub op: Op,
     /// Requests in flight per side.
@@ -442,7 +442,7 @@ pub struct RowSpec {
 ///
 /// # Errors
 /// A failed request.
-pub async fn compare_row(
+pub(crate) async fn compare_row(
     tables: &mut KvTables,
     backend: &str,
     clients: &[Client],
@@ -484,7 +484,7 @@ fn add_rows(
 
 /// Add a throughput row (and, when latencies were recorded, a latency row) for a
 /// comparison of ours (side 0) against raw (side 1) and optionally plain (side 2).
-pub fn add_comparison_row(
+pub(crate) fn add_comparison_row(
     tables: &mut KvTables,
     backend: &str,
     operation: &str,
@@ -532,7 +532,7 @@ pub fn add_comparison_row(
 ///
 /// # Errors
 /// A failed request.
-pub async fn in_flight_curve(
+pub(crate) async fn in_flight_curve(
     backend: &str,
     clients: &[Client],
     work: &Workload,
@@ -584,7 +584,7 @@ pub async fn in_flight_curve(
 ///
 /// # Errors
 /// A failed request.
-pub async fn value_size_curve(
+pub(crate) async fn value_size_curve(
     backend: &str,
     clients: &[Client],
     timing: &Timing,
@@ -645,7 +645,7 @@ pub async fn value_size_curve(
 }
 
 /// `10 B`, `1 KiB`, `1 MiB`.
-pub fn size_text(bytes: usize) -> String {
+pub(crate) fn size_text(bytes: usize) -> String {
     if bytes >= 1024 * 1024 && bytes.is_multiple_of(1024 * 1024) {
         format!("{} MiB", bytes / (1024 * 1024))
     } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
@@ -660,7 +660,7 @@ pub fn size_text(bytes: usize) -> String {
 ///
 /// # Errors
 /// A failed get.
-pub fn memory_threads(
+pub(crate) fn memory_threads(
     ours: &Arc<dyn Store>,
     raw: &Arc<RwLock<BTreeMap<String, Bytes>>>,
     work: &Workload,

@@ -21,7 +21,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Where a server's request counters are read.
 #[derive(Clone, Debug)]
-pub enum Counters {
+pub(crate) enum Counters {
     /// An in-process store: no server.
     None,
     /// Redis: `INFO stats` `total_commands_processed` through this URL.
@@ -305,7 +305,7 @@ fn cell(value: Option<f64>) -> String {
 ///
 /// # Errors
 /// A failed request.
-pub async fn curve(
+pub(crate) async fn curve(
     backend: &str,
     store: &Arc<dyn Store>,
     server_pid: Option<i32>,

@@ -46,7 +46,7 @@ return out
 ";
 
 /// The raw side of a list comparison.
-pub enum RawLister {
+pub(crate) enum RawLister {
     /// A `BTreeMap` holding the same pairs.
     Memory(Arc<RwLock<BTreeMap<String, Bytes>>>),
     /// etcd-client and the etcd namespace of our store (`{namespace}/`).
@@ -238,7 +238,7 @@ async fn snapshot_time(
 ///
 /// # Errors
 /// A failed request, or a list that did not return every key.
-pub async fn curve(
+pub(crate) async fn curve(
     backend: &str,
     store: &Arc<dyn Store>,
     probe: Option<&Arc<dyn Store>>,

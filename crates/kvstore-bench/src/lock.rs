@@ -16,7 +16,7 @@ use kvstore::{LockOptions, Store};
 use crate::measure::{BenchResult, Failure, Percentiles, Spread, histogram, median, record};
 
 /// The lease TTL of every lock.
-pub const TTL: Duration = Duration::from_secs(10);
+pub(crate) const TTL: Duration = Duration::from_secs(10);
 
 /// Release a raw Redis lock only if it still holds our token.
 const REDIS_RELEASE: &str = r"
@@ -25,7 +25,7 @@ return 0
 ";
 
 /// One contender's connection, on one side.
-pub enum Contender {
+pub(crate) enum Contender {
     /// Our store (its own connection).
     Ours(Arc<dyn Store>),
     /// A raw etcd client (its own connection).
@@ -132,7 +132,7 @@ async fn run(contenders: &[Contender], key: &str, duration: Duration) -> BenchRe
 }
 
 /// Ours against raw over `rounds` paired rounds in alternating order.
-pub struct LockComparison {
+pub(crate) struct LockComparison {
     /// Acquisitions per second, ours, by round.
     pub ours: Vec<f64>,
     /// The same, raw.
@@ -145,12 +145,12 @@ pub struct LockComparison {
 
 impl LockComparison {
     /// The paired ratios ours/raw.
-    pub fn spread(&self) -> Spread {
+    pub(crate) fn spread(&self) -> Spread {
         Spread::ratios(&self.ours, &self.raw)
     }
 
     /// Median acquisitions per second (ours, raw).
-    pub fn medians(&self) -> (f64, f64) {
+    pub(crate) fn medians(&self) -> (f64, f64) {
         (median(&self.ours), median(&self.raw))
     }
 }
@@ -160,7 +160,7 @@ impl LockComparison {
 ///
 /// # Errors
 /// A failed request.
-pub async fn compare(
+pub(crate) async fn compare(
     ours: &[Contender],
     raw: &[Contender],
     key: &str,
@@ -196,7 +196,7 @@ pub async fn compare(
 
 /// How long etcd takes to deliver a put to a watch created at a revision it has already
 /// passed, against one created at the next revision.
-pub struct UnsyncedWatch {
+pub(crate) struct UnsyncedWatch {
     /// Delivery after creating the watch at an already-passed revision (µs).
     pub past: Percentiles,
     /// Delivery after creating the watch at the next revision (µs).
@@ -209,7 +209,7 @@ pub struct UnsyncedWatch {
 ///
 /// # Errors
 /// A failed request or watch.
-pub async fn etcd_unsynced_watch(
+pub(crate) async fn etcd_unsynced_watch(
     client: &etcd_client::Client,
     samples: usize,
 ) -> BenchResult<UnsyncedWatch> {

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 
 /// Where the benchmark runs and where its servers run.
 #[derive(Clone, Debug)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// The core the servers are pinned to, if pinned.
     pub server_core: Option<usize>,
     /// What was done, for the report header.
@@ -32,7 +32,7 @@ fn allowed_cpus() -> Vec<usize> {
 /// Pin the calling thread (call it first thing in `main`, before any other thread
 /// exists, so every later thread inherits it) to the first allowed CPU, and choose the
 /// second for servers. With one CPU nothing is pinned.
-pub fn pin_client(enabled: bool) -> Placement {
+pub(crate) fn pin_client(enabled: bool) -> Placement {
     let cpus = allowed_cpus();
     if !enabled {
         return Placement {
@@ -73,7 +73,7 @@ pub fn pin_client(enabled: bool) -> Placement {
 impl Placement {
     /// Pin the server listening on `port` (all its threads) to the server core with
     /// `taskset -a -p -c`, and note it. Returns the server's PID when found.
-    pub fn pin_server(&mut self, name: &str, port: u16) -> Option<i32> {
+    pub(crate) fn pin_server(&mut self, name: &str, port: u16) -> Option<i32> {
         let Some(pid) = pid_listening_on(port) else {
             self.notes
                 .push(format!("{name}: no process found listening on port {port}"));
@@ -112,7 +112,7 @@ impl Placement {
 
 /// The process that holds a listening TCP socket on `port` (IPv4 or IPv6), found
 /// through `/proc/net/tcp*` (the socket's inode) and `/proc/*/fd` (who holds it).
-pub fn pid_listening_on(port: u16) -> Option<i32> {
+pub(crate) fn pid_listening_on(port: u16) -> Option<i32> {
     let port_hex = format!("{port:04X}");
     let mut inodes = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -159,7 +159,7 @@ pub fn pid_listening_on(port: u16) -> Option<i32> {
 }
 
 /// User + system CPU time of this process so far (all threads).
-pub fn own_cpu_time() -> Duration {
+pub(crate) fn own_cpu_time() -> Duration {
     match getrusage(UsageWho::RUSAGE_SELF) {
         Ok(usage) => {
             let to_duration = |t: nix::sys::time::TimeVal| {
@@ -174,7 +174,7 @@ pub fn own_cpu_time() -> Duration {
 
 /// User + system CPU time of process `pid` so far, from `/proc/PID/stat` (in clock
 /// ticks of `CLK_TCK`, normally 10 ms).
-pub fn process_cpu_time(pid: i32) -> Option<Duration> {
+pub(crate) fn process_cpu_time(pid: i32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -194,7 +194,7 @@ pub fn process_cpu_time(pid: i32) -> Option<Duration> {
 }
 
 /// The first line of `program args...`'s output, or "unknown".
-pub fn first_line(program: &str, args: &[&str]) -> String {
+pub(crate) fn first_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -206,7 +206,7 @@ pub fn first_line(program: &str, args: &[&str]) -> String {
 
 /// The commit being measured: `git rev-parse --short HEAD`, marked when the work tree
 /// has uncommitted changes (so a before/after pair on one commit is told apart).
-pub fn commit() -> String {
+pub(crate) fn commit() -> String {
     let head = first_line("git", &["rev-parse", "--short", "HEAD"]);
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
@@ -221,7 +221,7 @@ pub fn commit() -> String {
 }
 
 /// CPU model, logical CPUs and their core/socket layout, and memory.
-pub fn cpu_layout() -> String {
+pub(crate) fn cpu_layout() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -269,7 +269,7 @@ pub fn cpu_layout() -> String {
 
 /// CPU time all processes on the machine have used so far (the `cpu` line of
 /// `/proc/stat`: user, nice, system, irq, softirq, steal), and the number of CPUs.
-pub fn machine_busy_time() -> Option<Duration> {
+pub(crate) fn machine_busy_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
@@ -296,7 +296,7 @@ fn clock_ticks() -> u64 {
 }
 
 /// The 1-minute load average.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
@@ -305,7 +305,7 @@ pub fn load_average() -> String {
 
 /// Let the calling thread run on every online CPU (for the in-process rows that measure
 /// scaling across cores, while the servers are idle).
-pub fn unpin_current_thread() {
+pub(crate) fn unpin_current_thread() {
     let mut set = CpuSet::new();
     for cpu in 0..online_cpus() {
         let _ = set.set(cpu);
@@ -314,7 +314,7 @@ pub fn unpin_current_thread() {
 }
 
 /// The number of online CPUs.
-pub fn online_cpus() -> usize {
+pub(crate) fn online_cpus() -> usize {
     std::fs::read_to_string("/proc/cpuinfo")
         .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
         .unwrap_or(1)

@@ -11,13 +11,13 @@ use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 
 /// Any failure of the benchmark: setup, a server, or a request.
-pub type Failure = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 /// The result of a benchmark step.
-pub type BenchResult<T> = Result<T, Failure>;
+pub(crate) type BenchResult<T> = Result<T, Failure>;
 
 /// How long and how often things are measured (set from the command line).
 #[derive(Clone, Copy, Debug)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// One side's run in a round of a headline row.
     pub round: Duration,
     /// Rounds per comparison (odd rounds run ours first, even rounds the reverse order).
@@ -37,7 +37,7 @@ pub struct Timing {
 /// One request of a measured run: which side (0 = ours, then the baselines), a number
 /// unique to the run (for fresh keys), and the request's index in the run.
 #[derive(Clone, Copy, Debug)]
-pub struct Call {
+pub(crate) struct Call {
     /// 0 for ours, 1 for the raw same-work baseline, 2 for the plain baseline.
     pub side: usize,
     /// Unique per run of one side.
@@ -47,24 +47,24 @@ pub struct Call {
 }
 
 /// A number never handed out before, to tag the keys of one run.
-pub fn next_run() -> u64 {
+pub(crate) fn next_run() -> u64 {
     static RUNS: AtomicU64 = AtomicU64::new(1);
     RUNS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A latency histogram in nanoseconds, from 1 ns to 10 minutes, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Record `elapsed` into `histogram` (saturating at its top).
-pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+pub(crate) fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
     histogram.saturating_record(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
 }
 
 /// Percentiles of a latency histogram, in microseconds.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// Median.
     pub p50: f64,
     /// 99th percentile.
@@ -79,7 +79,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// The percentiles of `histogram` (nanoseconds) in microseconds.
-    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Percentiles {
         let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         Percentiles {
             p50: micros(0.50),
@@ -97,7 +97,7 @@ impl Percentiles {
 ///
 /// # Errors
 /// The first failed request.
-pub async fn run_for<F, Fut>(
+pub(crate) async fn run_for<F, Fut>(
     duration: Duration,
     in_flight: usize,
     latency: Option<&mut Histogram<u64>>,
@@ -157,7 +157,7 @@ where
 
 /// How a comparison runs.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Requests in flight on each side.
     pub in_flight: usize,
     /// Rounds; each runs every side once, ours first on odd rounds and in reverse order
@@ -173,7 +173,7 @@ pub struct Plan {
 
 impl Plan {
     /// `sides` sides of `duration` each, for `timing.rounds` rounds.
-    pub fn new(timing: &Timing, in_flight: usize, duration: Duration, sides: usize) -> Plan {
+    pub(crate) fn new(timing: &Timing, in_flight: usize, duration: Duration, sides: usize) -> Plan {
         Plan {
             in_flight,
             rounds: timing.rounds.max(1),
@@ -184,7 +184,7 @@ impl Plan {
     }
 
     /// The same with the last side (the plain baseline) running `duration` instead.
-    pub fn with_last_side(mut self, duration: Duration) -> Plan {
+    pub(crate) fn with_last_side(mut self, duration: Duration) -> Plan {
         if let Some(last) = self.durations.last_mut() {
             *last = duration;
         }
@@ -192,7 +192,7 @@ impl Plan {
     }
 
     /// The same without latency recording.
-    pub fn without_latency(mut self) -> Plan {
+    pub(crate) fn without_latency(mut self) -> Plan {
         self.record_latency = false;
         self
     }
@@ -200,7 +200,7 @@ impl Plan {
 
 /// One side's results over the rounds of a comparison.
 #[derive(Clone, Debug)]
-pub struct SideRuns {
+pub(crate) struct SideRuns {
     /// Operations per second, by round.
     pub rates: Vec<f64>,
     /// Request latencies over all rounds, when recorded.
@@ -209,7 +209,7 @@ pub struct SideRuns {
 
 impl SideRuns {
     /// The median rate.
-    pub fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         median(&self.rates)
     }
 }
@@ -218,7 +218,7 @@ impl SideRuns {
 ///
 /// # Errors
 /// The first failed request.
-pub async fn compare<F, Fut>(plan: &Plan, op: F) -> BenchResult<Vec<SideRuns>>
+pub(crate) async fn compare<F, Fut>(plan: &Plan, op: F) -> BenchResult<Vec<SideRuns>>
 where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = BenchResult<()>>,
@@ -262,7 +262,7 @@ where
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -274,19 +274,19 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// Min, median and max of a set of values (per-round ratios, or repeated samples).
 #[derive(Clone, Debug, Default)]
-pub struct Spread {
+pub(crate) struct Spread {
     /// Every value, in round order.
     pub values: Vec<f64>,
 }
 
 impl Spread {
     /// The spread of `values`.
-    pub fn of(values: Vec<f64>) -> Spread {
+    pub(crate) fn of(values: Vec<f64>) -> Spread {
         Spread { values }
     }
 
     /// The paired ratios `a[r] / b[r]`.
-    pub fn ratios(a: &[f64], b: &[f64]) -> Spread {
+    pub(crate) fn ratios(a: &[f64], b: &[f64]) -> Spread {
         Spread {
             values: a
                 .iter()
@@ -298,17 +298,17 @@ impl Spread {
     }
 
     /// The smallest value.
-    pub fn min(&self) -> f64 {
+    pub(crate) fn min(&self) -> f64 {
         self.values.iter().copied().fold(f64::INFINITY, f64::min)
     }
 
     /// The median value.
-    pub fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         median(&self.values)
     }
 
     /// The largest value.
-    pub fn max(&self) -> f64 {
+    pub(crate) fn max(&self) -> f64 {
         self.values
             .iter()
             .copied()
@@ -316,7 +316,7 @@ impl Spread {
     }
 
     /// `min / median / max`, or empty without values.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         if self.values.is_empty() {
             return String::new();
         }
@@ -331,7 +331,7 @@ impl Spread {
 
 /// What a row must show to be "met".
 #[derive(Clone, Copy, Debug)]
-pub enum Target {
+pub(crate) enum Target {
     /// Every per-round ratio ours/baseline at least this (higher is better).
     AtLeast(f64),
     /// Every per-round ratio ours/baseline at most this (lower is better).
@@ -344,7 +344,7 @@ pub enum Target {
 
 impl Target {
     /// The target as shown in the table.
-    pub fn text(&self, unit: &str) -> String {
+    pub(crate) fn text(&self, unit: &str) -> String {
         match self {
             Target::AtLeast(x) => format!("≥ {x}×"),
             Target::AtMost(x) => format!("≤ {x}×"),
@@ -355,7 +355,7 @@ impl Target {
 
     /// "met" only when the whole range clears the target, "MISSED" only when none of it
     /// does, otherwise "mixed" with how many rounds fell short.
-    pub fn verdict(&self, spread: &Spread) -> String {
+    pub(crate) fn verdict(&self, spread: &Spread) -> String {
         let n = spread.values.len();
         if n == 0 {
             return String::new();
@@ -379,7 +379,7 @@ impl Target {
 
 /// A markdown table with a heading and a note.
 #[derive(Clone, Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     /// The `###` heading.
     pub title: String,
     /// A paragraph under the heading: what is measured and how.
@@ -392,7 +392,7 @@ pub struct Table {
 
 impl Table {
     /// An empty table.
-    pub fn new(title: impl Into<String>, note: impl Into<String>, header: &[&str]) -> Table {
+    pub(crate) fn new(title: impl Into<String>, note: impl Into<String>, header: &[&str]) -> Table {
         Table {
             title: title.into(),
             note: note.into(),
@@ -402,12 +402,12 @@ impl Table {
     }
 
     /// Add a row.
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// The table as markdown.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "### {}\n", self.title);
         if !self.note.is_empty() {
@@ -431,7 +431,7 @@ impl Table {
 }
 
 /// A number for the table: three significant digits or so.
-pub fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     if !value.is_finite() {
         return "–".into();
     }
@@ -448,7 +448,7 @@ pub fn number(value: f64) -> String {
 }
 
 /// A ratio for the table.
-pub fn ratio(value: f64) -> String {
+pub(crate) fn ratio(value: f64) -> String {
     if value.is_finite() {
         format!("{value:.2}")
     } else {
@@ -457,6 +457,6 @@ pub fn ratio(value: f64) -> String {
 }
 
 /// Milliseconds of a duration.
-pub fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }

@@ -24,7 +24,7 @@ use crate::measure::BenchResult;
 /// The providers' lease TTL.
 const TTL: Duration = Duration::from_secs(3);
 /// The gateway's per-try timeout in these runs.
-pub const PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a stopping provider stays listed as draining.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// The load: clients, and each client's pause between requests.
@@ -37,7 +37,7 @@ const CRASH_WINDOW: Duration = Duration::from_secs(5);
 
 /// Which behaviour a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// One try, no ejection; providers deregister and stop at once.
     Baseline,
     /// The defaults: ejection, retries; providers drain.
@@ -46,7 +46,7 @@ pub enum Mode {
 
 impl Mode {
     /// The mode's name in the table.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (no ejection, no retries, no drain)",
             Mode::Default => "default (ejection, retries, drain)",
@@ -55,7 +55,7 @@ impl Mode {
 }
 
 /// A run's steady window and its fault window.
-pub struct Run {
+pub(crate) struct Run {
     /// The 2 s before the fault.
     pub steady: Summary,
     /// The fault window.
@@ -123,7 +123,7 @@ async fn fleet(
 ///
 /// # Errors
 /// A failed registration, watch or listener.
-pub async fn crash(store: &Arc<dyn Store>, service: &str, mode: Mode) -> BenchResult<Run> {
+pub(crate) async fn crash(store: &Arc<dyn Store>, service: &str, mode: Mode) -> BenchResult<Run> {
     let (mut providers, gateway, load) = fleet(store, service, mode, &[Method::GET]).await?;
     tokio::time::sleep(WARM_UP).await;
     let crashed_at = Instant::now();
@@ -149,7 +149,7 @@ pub async fn crash(store: &Arc<dyn Store>, service: &str, mode: Mode) -> BenchRe
 ///
 /// # Errors
 /// A failed registration, watch or listener.
-pub async fn rolling_restart(
+pub(crate) async fn rolling_restart(
     store: &Arc<dyn Store>,
     service: &str,
     mode: Mode,
@@ -194,7 +194,7 @@ pub async fn rolling_restart(
 ///
 /// # Errors
 /// A failed run.
-pub async fn table(stores: &[(&str, Arc<dyn Store>)]) -> BenchResult<crate::measure::Table> {
+pub(crate) async fn table(stores: &[(&str, Arc<dyn Store>)]) -> BenchResult<crate::measure::Table> {
     let mut table = crate::measure::Table::new(
         "Serving through a provider crash and a rolling restart",
         format!(

@@ -47,7 +47,7 @@ async fn next_put(events: &mut Events) -> BenchResult<()> {
 
 /// Delivery samples of ours (and of raw etcd, interleaved sample by sample so both see
 /// the same server conditions).
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Ours, in sample order.
     pub ours: Vec<Duration>,
     /// Raw etcd, in sample order, when measured.
@@ -59,7 +59,7 @@ pub struct Delivery {
 ///
 /// # Errors
 /// A failed request or watch.
-pub async fn delivery(
+pub(crate) async fn delivery(
     store: &Arc<dyn Store>,
     raw: Option<&etcd_client::Client>,
     samples: usize,
@@ -114,7 +114,7 @@ pub async fn delivery(
 }
 
 /// Percentiles of samples.
-pub fn percentiles(samples: &[Duration]) -> Percentiles {
+pub(crate) fn percentiles(samples: &[Duration]) -> Percentiles {
     let mut h = histogram();
     for sample in samples {
         record(&mut h, *sample);
@@ -123,7 +123,7 @@ pub fn percentiles(samples: &[Duration]) -> Percentiles {
 }
 
 /// The paired p99 ratios ours/raw over `blocks` consecutive blocks of samples.
-pub fn block_p99_ratios(delivery: &Delivery, blocks: usize) -> Spread {
+pub(crate) fn block_p99_ratios(delivery: &Delivery, blocks: usize) -> Spread {
     let n = delivery.ours.len().min(delivery.raw.len());
     let size = (n / blocks.max(1)).max(1);
     let mut ratios = Vec::new();
@@ -147,7 +147,7 @@ pub fn block_p99_ratios(delivery: &Delivery, blocks: usize) -> Spread {
 ///
 /// # Errors
 /// A failed request or watch.
-pub async fn fan_out(
+pub(crate) async fn fan_out(
     stores: &[Arc<dyn Store>],
     prefix: &str,
     watchers: usize,
@@ -205,7 +205,7 @@ pub async fn fan_out(
 ///
 /// # Errors
 /// A failed request or watch.
-pub async fn fan_out_raw_etcd(
+pub(crate) async fn fan_out_raw_etcd(
     client: &etcd_client::Client,
     watchers: usize,
     repetitions: usize,
@@ -261,7 +261,7 @@ const SETTLE_PER_WATCHER: Duration = Duration::from_micros(100);
 ///
 /// # Errors
 /// A failed request or watch.
-pub async fn watchers_curve(
+pub(crate) async fn watchers_curve(
     backend: &str,
     store: &Arc<dyn Store>,
     timing: &Timing,

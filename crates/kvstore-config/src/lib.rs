@@ -51,8 +51,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod live;
 mod options;
 

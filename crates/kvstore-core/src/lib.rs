@@ -35,8 +35,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod backend;
 mod capabilities;
 mod election;

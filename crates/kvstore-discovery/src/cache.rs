@@ -50,7 +50,7 @@ pub(crate) struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    pub fn new(dir: &Path, service: &str) -> SnapshotCache {
+    pub(crate) fn new(dir: &Path, service: &str) -> SnapshotCache {
         SnapshotCache {
             path: dir.join(format!("{service}.json")),
             service: service.to_owned(),
@@ -59,7 +59,7 @@ impl SnapshotCache {
 
     /// The cached snapshot; `None` (with a warning for a damaged file) when there is
     /// none to use.
-    pub async fn load(&self) -> Option<Cached> {
+    pub(crate) async fn load(&self) -> Option<Cached> {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -99,7 +99,7 @@ impl SnapshotCache {
     }
 
     /// Replace the cached snapshot with `members` at `revision`.
-    pub async fn store(&self, revision: u64, members: Vec<Member>) -> std::io::Result<()> {
+    pub(crate) async fn store(&self, revision: u64, members: Vec<Member>) -> std::io::Result<()> {
         let file = CacheFile {
             version: CACHE_VERSION,
             service: self.service.clone(),

@@ -111,7 +111,7 @@ pub(crate) struct SharedWatch {
 }
 
 impl SharedWatch {
-    pub fn instances(&self) -> Vec<Arc<Instance>> {
+    pub(crate) fn instances(&self) -> Vec<Arc<Instance>> {
         self.outputs
             .current
             .borrow()

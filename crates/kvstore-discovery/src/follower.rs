@@ -64,7 +64,7 @@ impl ChangeLog {
     }
 
     /// The batches after `from` up to `to`, if the log still has all of them.
-    pub fn between(&self, from: u64, to: u64) -> Option<Vec<Arc<[InstanceChange]>>> {
+    pub(crate) fn between(&self, from: u64, to: u64) -> Option<Vec<Arc<[InstanceChange]>>> {
         let first = self.batches.front()?.0;
         if from + 1 < first {
             return None;
@@ -155,7 +155,7 @@ pub(crate) struct Follower {
 }
 
 impl Follower {
-    pub fn new(
+    pub(crate) fn new(
         service: &str,
         prefix: String,
         store: Arc<dyn Store>,
@@ -201,7 +201,7 @@ impl Follower {
     ///
     /// # Errors
     /// The stream's error, or `Closed` if it ended.
-    pub async fn start(
+    pub(crate) async fn start(
         &mut self,
         events: BoxStream<'static, Result<WatchEvent>>,
     ) -> Result<Events> {
@@ -219,7 +219,7 @@ impl Follower {
     }
 
     /// Serve the cached snapshot, stale, because the registry cannot be read (`error`).
-    pub fn start_from_cache(&mut self, cached: Cached, error: Error) {
+    pub(crate) fn start_from_cache(&mut self, cached: Cached, error: Error) {
         tracing::warn!(service = %self.service, revision = cached.revision, %error, "the registry cannot be read; starting from the cached snapshot");
         let now = Instant::now();
         self.cached = Some((now, cached.revision));
@@ -235,7 +235,7 @@ impl Follower {
     /// Follow the service until the store closes. `events` is the started watch, or
     /// `None` after [`Follower::start_from_cache`] (the watch is then opened here,
     /// retrying until the registry answers).
-    pub async fn run(mut self, events: Option<Events>) {
+    pub(crate) async fn run(mut self, events: Option<Events>) {
         let mut events = match events {
             Some(events) => events,
             None => match self.connect().await {

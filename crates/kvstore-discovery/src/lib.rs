@@ -54,8 +54,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod active;
 mod balancer;
 mod cache;

@@ -41,7 +41,7 @@ pub(crate) struct Claim {
 impl Claim {
     /// A fresh claim for a new registration (its `since` is learned from its first
     /// write).
-    pub fn new() -> Claim {
+    pub(crate) fn new() -> Claim {
         Claim {
             token: rand::random(),
             since: None,
@@ -50,12 +50,12 @@ impl Claim {
 
     /// Where this claim, found in `pair`, ranks: a later first write wins, the token
     /// breaks ties.
-    pub fn rank(&self, pair: &KvPair) -> (u64, u64) {
+    pub(crate) fn rank(&self, pair: &KvPair) -> (u64, u64) {
         (self.since.unwrap_or(pair.revision), self.token)
     }
 
     /// The claim stored in a record, if it has one.
-    pub fn read(record: &[u8]) -> Option<Claim> {
+    pub(crate) fn read(record: &[u8]) -> Option<Claim> {
         #[derive(Deserialize)]
         struct Envelope {
             registration: Option<Claim>,
@@ -69,11 +69,11 @@ impl Claim {
 mod hex_token {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(token: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(token: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format!("{token:016x}"))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         let text = String::deserialize(deserializer)?;
         u64::from_str_radix(&text, 16).map_err(D::Error::custom)
     }

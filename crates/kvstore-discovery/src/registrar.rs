@@ -120,6 +120,14 @@ enum Command {
     Abandon,
 }
 
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("backend", &self.store.backend())
+            .finish()
+    }
+}
+
 /// Registers instances on one store.
 #[derive(Clone)]
 pub struct Registrar {
@@ -196,6 +204,14 @@ async fn write_on_new_lease(
         )
         .await?;
     Ok((lease, pair))
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A live registration. Dropping it stops its background tasks and deregisters the

@@ -32,8 +32,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod config;
 mod error;
 mod keepalive;

@@ -35,8 +35,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod state;
 mod store;
 mod watch;

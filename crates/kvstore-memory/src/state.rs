@@ -27,7 +27,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub fn to_pair(&self, key: String) -> KvPair {
+    pub(crate) fn to_pair(&self, key: String) -> KvPair {
         KvPair {
             key,
             value: self.value.clone(),
@@ -67,7 +67,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(history_capacity: usize) -> State {
+    pub(crate) fn new(history_capacity: usize) -> State {
         State {
             revision: 0,
             data: BTreeMap::new(),
@@ -81,16 +81,16 @@ impl State {
         }
     }
 
-    pub fn revision(&self) -> u64 {
+    pub(crate) fn revision(&self) -> u64 {
         self.revision
     }
 
-    pub fn compacted(&self) -> u64 {
+    pub(crate) fn compacted(&self) -> u64 {
         self.compacted
     }
 
     /// Fails with `Closed` after shutdown.
-    pub fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed {
             return Err(Error::Closed { backend: BACKEND });
         }
@@ -100,7 +100,7 @@ impl State {
     /// Whether some lease's deadline has passed by tokio's clock, so its keys must be
     /// deleted before anyone reads or writes. One look at the earliest deadline; the
     /// clock, which costs more than the rest of a read, is read only when a lease exists.
-    pub fn lease_due(&self) -> bool {
+    pub(crate) fn lease_due(&self) -> bool {
         self.deadlines
             .first()
             .is_some_and(|&(deadline, _)| deadline <= Instant::now())
@@ -109,7 +109,7 @@ impl State {
     /// Expire every lease that is due, if any: a write calls this first, so no write ever
     /// sees an expired key, and does nothing more than [`State::lease_due`]'s one look
     /// when nothing is due.
-    pub fn expire_if_due(&mut self) {
+    pub(crate) fn expire_if_due(&mut self) {
         if let Some(&(first, _)) = self.deadlines.first() {
             let now = Instant::now();
             if first <= now {
@@ -118,24 +118,27 @@ impl State {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
         self.data.get(key)
     }
 
     /// Every entry whose physical key starts with `start`, in key order.
-    pub fn range<'a>(&'a self, start: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+    pub(crate) fn range<'a>(
+        &'a self,
+        start: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> {
         self.data
             .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(start))
     }
 
     /// Changes newer than `after`, oldest first.
-    pub fn changes_after(&self, after: u64) -> impl Iterator<Item = &Change> {
+    pub(crate) fn changes_after(&self, after: u64) -> impl Iterator<Item = &Change> {
         let first = self.history.partition_point(|c| c.revision <= after);
         self.history.range(first..)
     }
 
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         key: &str,
         user_key: &str,
@@ -179,7 +182,7 @@ impl State {
         entry
     }
 
-    pub fn remove(
+    pub(crate) fn remove(
         &mut self,
         key: &str,
         user_key: &str,
@@ -196,7 +199,11 @@ impl State {
 
     /// Apply `txn` (validated by core) at one revision: compare, then apply the chosen
     /// branch; `physical` maps a user key to this handle's physical key.
-    pub fn txn(&mut self, txn: &Txn, physical: &dyn Fn(&str) -> String) -> Result<TxnResponse> {
+    pub(crate) fn txn(
+        &mut self,
+        txn: &Txn,
+        physical: &dyn Fn(&str) -> String,
+    ) -> Result<TxnResponse> {
         let succeeded = txn.compares().iter().all(|compare| {
             let current = self
                 .data
@@ -256,12 +263,12 @@ impl State {
         })
     }
 
-    pub fn remove_range(&mut self, start: &str) -> Option<u64> {
+    pub(crate) fn remove_range(&mut self, start: &str) -> Option<u64> {
         let keys: Vec<String> = self.range(start).map(|(k, _)| k.clone()).collect();
         self.delete_all(keys)
     }
 
-    pub fn grant(&mut self, ttl: Duration, now: Instant) -> LeaseId {
+    pub(crate) fn grant(&mut self, ttl: Duration, now: Instant) -> LeaseId {
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
         let deadline = now + ttl;
@@ -277,7 +284,7 @@ impl State {
         id
     }
 
-    pub fn keep_alive(&mut self, id: LeaseId, now: Instant) -> Result<Duration> {
+    pub(crate) fn keep_alive(&mut self, id: LeaseId, now: Instant) -> Result<Duration> {
         let lease = self.leases.get_mut(&id).ok_or(Error::LeaseLost {
             lease: id,
             reason: LeaseLoss::Expired,
@@ -288,7 +295,7 @@ impl State {
         Ok(lease.ttl)
     }
 
-    pub fn revoke(&mut self, id: LeaseId) {
+    pub(crate) fn revoke(&mut self, id: LeaseId) {
         if let Some(lease) = self.leases.remove(&id) {
             self.deadlines.remove(&(lease.deadline, id));
             self.delete_all(lease.keys.into_iter().collect());
@@ -296,7 +303,7 @@ impl State {
     }
 
     /// The earliest lease deadline, for the reaper.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
@@ -313,7 +320,7 @@ impl State {
 
     /// Close the store: revoke every lease (their keys are deleted, as on a server) and
     /// refuse every later call.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
         for id in ids {
             self.revoke(id);
@@ -322,12 +329,12 @@ impl State {
     }
 
     /// Drop all history up to the current revision (etcd `Compact`).
-    pub fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         self.history.clear();
         self.compacted = self.revision;
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
 

@@ -82,7 +82,7 @@ impl Shared {
     /// No read sees an expired key: if a lease is due, the read takes the exclusive
     /// lock instead and expires it first (at its own revision, waking its watchers, as
     /// the reaper would), so reads stay consistent with the revision they report.
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T> {
         {
             let state = self.read_state();
             state.check_open()?;
@@ -95,7 +95,7 @@ impl Shared {
 
     /// Run `f` on the open state under the exclusive lock, after expiring due leases, and
     /// wake the watchers of every key changed meanwhile. `Closed` after shutdown.
-    pub fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut state = self.write_state();
         state.check_open()?;
         let before = state.revision();

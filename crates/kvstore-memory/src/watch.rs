@@ -100,13 +100,13 @@ impl Registry {
     }
 
     /// Whether no watcher is registered.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.prefixes.is_empty()
     }
 
     /// Tell the watchers of physical `key` (of the key itself, or of a prefix above it)
     /// that it changed at `revision`.
-    pub fn touch(&self, key: &str, revision: u64) {
+    pub(crate) fn touch(&self, key: &str, revision: u64) {
         if let Some(slots) = self.keys.get(key) {
             slots.values().for_each(|slot| slot.touch(revision));
         }
@@ -124,13 +124,13 @@ impl Registry {
 
     /// Tell every watcher that anything may have changed from `revision` on: for a write
     /// whose own changes overflowed the history ring before they could be looked at.
-    pub fn touch_all(&self, revision: u64) {
+    pub(crate) fn touch_all(&self, revision: u64) {
         self.slots().for_each(|slot| slot.touch(revision));
     }
 
     /// Wake every watcher without reporting a change, so each rereads the state (after
     /// `close`, to end its stream).
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         self.slots().for_each(|slot| slot.notify.notify_one());
     }
 

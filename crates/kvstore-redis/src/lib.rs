@@ -94,8 +94,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod config;
 mod connection;
 mod error;

@@ -35,7 +35,7 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Scripts {
+    pub(crate) fn new() -> Scripts {
         Scripts {
             range: script!("range"),
             put: script!("put"),

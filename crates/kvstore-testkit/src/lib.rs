@@ -27,8 +27,6 @@
 //! # }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod proxy;
 pub mod redis_topology;
 pub mod server;

@@ -233,6 +233,14 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNodeView> {
         .collect()
 }
 
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A Redis Cluster on loopback: three primaries sharing the 16384 slots (node 0 has
 /// 0–5460, node 1 5461–10922, node 2 10923–16383 at start), optionally with replicas,
 /// each node in its own temporary directory. Every process is killed on drop.
@@ -635,6 +643,14 @@ fn record_field<'a>(record: &'a [(String, String)], key: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
+}
+
+impl std::fmt::Debug for RedisSentinelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSentinelSet")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A primary, replicas and Sentinels monitoring them as [`RedisSentinelSet::MASTER_NAME`],

@@ -373,6 +373,14 @@ fn etcd_healthy(endpoint: &str, tls: Option<&ServerTls>) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+impl std::fmt::Debug for EtcdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdServer")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A single-member etcd on free loopback ports, stopped and deleted on drop.
 pub struct EtcdServer {
     member: EtcdMember,
@@ -505,6 +513,14 @@ pub fn run_etcdctl(endpoint: &str, args: &[&str]) -> ServerResult<String> {
 
 /// The `--initial-cluster-token` of every [`EtcdCluster`].
 const CLUSTER_TOKEN: &str = "kvstore-cluster";
+
+impl std::fmt::Debug for EtcdCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCluster")
+            .field("addresses", &self.addresses())
+            .finish_non_exhaustive()
+    }
+}
 
 /// A three-member etcd cluster on loopback.
 pub struct EtcdCluster {
@@ -676,6 +692,14 @@ fn leader_term(status_json: &str) -> Option<u64> {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0)
     })
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `redis-server` on a free loopback port without persistence, stopped on drop.

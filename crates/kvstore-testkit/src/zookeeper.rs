@@ -127,6 +127,14 @@ impl Member {
     }
 }
 
+impl std::fmt::Debug for ZooKeeperServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperServer")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A standalone ZooKeeper on a free loopback port, stopped and deleted on drop. Its data
 /// survives [`ZooKeeperServer::kill`] and [`ZooKeeperServer::restart`].
 pub struct ZooKeeperServer {
@@ -212,6 +220,14 @@ impl ZooKeeperServer {
     /// As [`zk_cli`].
     pub fn zk_cli(&self, args: &[&str]) -> ServerResult<String> {
         zk_cli(&self.address(), args)
+    }
+}
+
+impl std::fmt::Debug for ZooKeeperEnsemble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperEnsemble")
+            .field("addresses", &self.addresses())
+            .finish_non_exhaustive()
     }
 }
 

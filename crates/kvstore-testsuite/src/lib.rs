@@ -18,8 +18,6 @@
 //! hangs and never sleeps hoping for something to have happened; it waits for events, and
 //! uses a TTL key as the server's clock where it must let time pass.
 
-#![warn(missing_docs)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -101,8 +101,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod config;
 mod error;
 mod layout;

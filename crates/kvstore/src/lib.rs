@@ -27,8 +27,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod open;
 
 // The user's vocabulary only; what a backend implements lives in

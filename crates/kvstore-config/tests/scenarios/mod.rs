@@ -9,7 +9,7 @@ use kvstore_core::{PutOptions, Store};
 use kvstore_testsuite::{Harness, WAIT, fresh_store};
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub requests_per_second: u32,
     #[serde(default)]
     pub feature_x: bool,
@@ -54,7 +54,7 @@ async fn changed(config: &mut LiveConfig<Limits>) -> Arc<Limits> {
 }
 
 /// A JSON value becomes a typed value; each change is awaited and applied.
-pub async fn json_value_is_applied_and_changes_are_awaited(harness: &dyn Harness) {
+pub(crate) async fn json_value_is_applied_and_changes_are_awaited(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let first = put(&store, "cfg/limits", r#"{"requests_per_second": 10}"#).await;
     let mut config =
@@ -81,7 +81,7 @@ pub async fn json_value_is_applied_and_changes_are_awaited(harness: &dyn Harness
 }
 
 /// TOML values parse the same way.
-pub async fn toml_value_is_applied(harness: &dyn Harness) {
+pub(crate) async fn toml_value_is_applied(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     put(
         &store,
@@ -103,7 +103,7 @@ pub async fn toml_value_is_applied(harness: &dyn Harness) {
 
 /// A value that does not parse, or that the validation hook refuses, never replaces the
 /// last good one; the status says why; a good value afterwards is applied.
-pub async fn invalid_update_keeps_the_last_good_value_and_says_why(harness: &dyn Harness) {
+pub(crate) async fn invalid_update_keeps_the_last_good_value_and_says_why(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     put(&store, "cfg/limits", r#"{"requests_per_second": 10}"#).await;
     let options = ConfigOptions::json().validate(positive);
@@ -137,7 +137,7 @@ pub async fn invalid_update_keeps_the_last_good_value_and_says_why(harness: &dyn
 
 /// A missing key is `T::default()` or an error, as chosen; a deleted key follows the
 /// same choice.
-pub async fn missing_key_is_the_default_or_an_error_by_choice(harness: &dyn Harness) {
+pub(crate) async fn missing_key_is_the_default_or_an_error_by_choice(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let refused =
         LiveConfig::<Limits>::watch(store.clone(), "cfg/limits", ConfigOptions::json()).await;
@@ -174,7 +174,7 @@ pub async fn missing_key_is_the_default_or_an_error_by_choice(harness: &dyn Harn
 
 /// A value that is already invalid when the configuration starts is an error: there is
 /// no last good value to keep.
-pub async fn invalid_value_at_start_is_an_error(harness: &dyn Harness) {
+pub(crate) async fn invalid_value_at_start_is_an_error(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     put(&store, "cfg/limits", r#"{"requests_per_second": 0}"#).await;
     let options = ConfigOptions::json().validate(positive);
@@ -185,6 +185,7 @@ pub async fn invalid_value_at_start_is_an_error(harness: &dyn Harness) {
     );
 }
 
+/// Runs every scenario as a test of the calling crate.
 #[macro_export]
 macro_rules! config_tests {
     ($(#[$attr:meta])* harness = $harness:expr $(,)?) => {

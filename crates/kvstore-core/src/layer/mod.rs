@@ -129,6 +129,14 @@ pub trait Intercept: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<T>>;
 }
 
+impl<I> std::fmt::Debug for Intercepted<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercepted")
+            .field("backend", &self.inner.backend())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A store whose every call goes through an [`Intercept`]. `new_lock` and `new_election`
 /// (which do no I/O) pass through; the locks and elections they return talk to the inner
 /// store directly.

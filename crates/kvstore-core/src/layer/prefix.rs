@@ -56,6 +56,14 @@ impl Layer for PrefixLayer {
     }
 }
 
+impl std::fmt::Debug for PrefixStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixStore")
+            .field("backend", &self.inner.backend())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The store [`PrefixLayer`] makes.
 pub struct PrefixStore {
     inner: Arc<dyn Store>,

@@ -46,7 +46,7 @@ async fn wait_for_status(
 }
 
 /// A registered instance is found by resolve, watch and list_services.
-pub async fn register_then_discover(harness: &dyn Harness) {
+pub(crate) async fn register_then_discover(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let discovery = Discovery::new(store.clone());
     let mut set = discovery.watch("api").await.unwrap();
@@ -70,7 +70,7 @@ pub async fn register_then_discover(harness: &dyn Harness) {
 }
 
 /// A provider that crashes (no deregistration, no heartbeat) is removed within its TTL.
-pub async fn crashed_provider_is_removed_within_ttl(harness: &dyn Harness, slack: Duration) {
+pub(crate) async fn crashed_provider_is_removed_within_ttl(harness: &dyn Harness, slack: Duration) {
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
     let registration = Registrar::new(store.clone())
@@ -90,7 +90,7 @@ pub async fn crashed_provider_is_removed_within_ttl(harness: &dyn Harness, slack
 }
 
 /// A record deleted by someone else is written back by its registration.
-pub async fn externally_deleted_record_is_put_back(harness: &dyn Harness) {
+pub(crate) async fn externally_deleted_record_is_put_back(harness: &dyn Harness) {
     let (namespace, store) = fresh_store(harness).await;
     let registration = Registrar::new(store.clone())
         .register(instance("api", "sturdy", 9001), harness.ttl())
@@ -112,7 +112,7 @@ pub async fn externally_deleted_record_is_put_back(harness: &dyn Harness) {
 }
 
 /// A lease revoked behind the registration's back is replaced by a new registration.
-pub async fn revoked_lease_is_registered_again(harness: &dyn Harness) {
+pub(crate) async fn revoked_lease_is_registered_again(harness: &dyn Harness) {
     let (namespace, store) = fresh_store(harness).await;
     let registration = Registrar::new(store.clone())
         .register(instance("api", "phoenix", 9001), harness.ttl())
@@ -137,7 +137,7 @@ pub async fn revoked_lease_is_registered_again(harness: &dyn Harness) {
 }
 
 /// Draining keeps the instance listed but balancers stop picking it.
-pub async fn drain_marks_the_instance_draining(harness: &dyn Harness) {
+pub(crate) async fn drain_marks_the_instance_draining(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
     let registrar = Registrar::new(store.clone());
@@ -175,7 +175,7 @@ pub async fn drain_marks_the_instance_draining(harness: &dyn Harness) {
 }
 
 /// A graceful stop shows the instance `Draining` for the whole grace, then removes it.
-pub async fn drain_and_deregister_drains_for_the_grace_then_removes(harness: &dyn Harness) {
+pub(crate) async fn drain_and_deregister_drains_for_the_grace_then_removes(harness: &dyn Harness) {
     const GRACE: Duration = Duration::from_millis(500);
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
@@ -212,7 +212,7 @@ pub async fn drain_and_deregister_drains_for_the_grace_then_removes(harness: &dy
 }
 
 /// Deregistering removes the record at once; dropping a registration does too.
-pub async fn deregister_and_drop_remove_the_record(harness: &dyn Harness) {
+pub(crate) async fn deregister_and_drop_remove_the_record(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
     let registrar = Registrar::new(store.clone());
@@ -240,7 +240,7 @@ pub async fn deregister_and_drop_remove_the_record(harness: &dyn Harness) {
 }
 
 /// Services do not see each other's instances.
-pub async fn services_are_isolated(harness: &dyn Harness) {
+pub(crate) async fn services_are_isolated(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let discovery = Discovery::new(store.clone());
     let mut a = discovery.watch("alpha").await.unwrap();
@@ -271,7 +271,7 @@ pub async fn services_are_isolated(harness: &dyn Harness) {
 }
 
 /// A malformed record written by someone else is skipped, not fatal.
-pub async fn malformed_records_are_skipped(harness: &dyn Harness) {
+pub(crate) async fn malformed_records_are_skipped(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     store
         .put(
@@ -343,7 +343,7 @@ async fn until(set: &mut InstanceSet, what: &str, done: impl Fn(&InstanceSet) ->
 /// Two registrations of one id (a restarted pod reusing its id while the old process
 /// still runs): the newer wins, the older reports `Replaced` and stops writing, so the
 /// record settles after a handful of writes instead of being rewritten in a loop.
-pub async fn two_registrations_of_one_id_settle_with_the_newest(harness: &dyn Harness) {
+pub(crate) async fn two_registrations_of_one_id_settle_with_the_newest(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let start = store
         .put("marker", Bytes::from("start"), PutOptions::default())
@@ -406,7 +406,7 @@ pub async fn two_registrations_of_one_id_settle_with_the_newest(harness: &dyn Ha
 
 /// Every set of one service from one `Discovery` (and its clones) shares one decoded
 /// instance set; each still gets every change.
-pub async fn watchers_of_one_service_share_one_decoded_set(harness: &dyn Harness) {
+pub(crate) async fn watchers_of_one_service_share_one_decoded_set(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let registrar = Registrar::new(store.clone());
     let _a = registrar
@@ -440,7 +440,7 @@ pub async fn watchers_of_one_service_share_one_decoded_set(harness: &dyn Harness
 
 /// An `InstanceSet` is a stream of change batches, and says whether it is in step with
 /// the registry.
-pub async fn instance_set_is_a_stream_of_changes_with_health(harness: &dyn Harness) {
+pub(crate) async fn instance_set_is_a_stream_of_changes_with_health(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
     assert!(set.health().is_synced(), "{:?}", set.health());
@@ -470,7 +470,7 @@ pub async fn instance_set_is_a_stream_of_changes_with_health(harness: &dyn Harne
 /// deleted at one revision) is held back by empty-push protection: the set keeps
 /// serving the last known instances, stale, and says why. Once the registry has an
 /// instance again, it is served as it is.
-pub async fn a_burst_that_would_empty_the_set_is_held_back(harness: &dyn Harness) {
+pub(crate) async fn a_burst_that_would_empty_the_set_is_held_back(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
     for (id, port) in [("a", 9001), ("b", 9002), ("c", 9003)] {
         put_record(&store, id, port).await;
@@ -506,7 +506,9 @@ pub async fn a_burst_that_would_empty_the_set_is_held_back(harness: &dyn Harness
 /// With a protect threshold, losing too large a share in one revision (here a lease
 /// holding two of four records is revoked) is held back until the registry has that
 /// share again; a single removal still applies meanwhile.
-pub async fn a_drop_below_the_protect_threshold_is_held_until_enough_return(harness: &dyn Harness) {
+pub(crate) async fn a_drop_below_the_protect_threshold_is_held_until_enough_return(
+    harness: &dyn Harness,
+) {
     let (_, store) = fresh_store(harness).await;
     put_record(&store, "a", 9001).await;
     put_record(&store, "b", 9002).await;
@@ -560,7 +562,7 @@ pub async fn a_drop_below_the_protect_threshold_is_held_until_enough_return(harn
 
 /// An application health check flips the advertised status between `Up` and `Down`; a
 /// drained instance stays drained while healthy.
-pub async fn health_check_flips_the_advertised_status(harness: &dyn Harness) {
+pub(crate) async fn health_check_flips_the_advertised_status(harness: &dyn Harness) {
     const CHECK_EVERY: Duration = Duration::from_millis(100);
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
@@ -606,7 +608,9 @@ pub async fn health_check_flips_the_advertised_status(harness: &dyn Harness) {
 
 /// A record that stops decoding (garbage, a newer schema) removes its instance from
 /// views with a warning; fields a reader does not know are ignored.
-pub async fn undecodable_records_leave_views_and_unknown_fields_are_ignored(harness: &dyn Harness) {
+pub(crate) async fn undecodable_records_leave_views_and_unknown_fields_are_ignored(
+    harness: &dyn Harness,
+) {
     let (_, store) = fresh_store(harness).await;
     let mut set = Discovery::new(store.clone()).watch("api").await.unwrap();
     let key = "services/api/a";

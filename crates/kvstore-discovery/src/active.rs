@@ -86,10 +86,10 @@ struct Verdicts {
 /// [`ActiveHealthOptions::failures_before_failing`] checks in a row fail, and *passing*
 /// again after [`ActiveHealthOptions::successes_before_passing`] in a row pass. A new
 /// instance passes until its checks say otherwise. The verdicts go to an
-/// [`crate::OutlierDetector`]: failing instances are not pickable — unless so many
-/// fail that fewer than `1 − max_ejected_share` of the `Up` instances pass, when every
-/// instance that is not ejected is picked again (Envoy's panic threshold: all failing
-/// still serve).
+/// [`crate::OutlierDetector`]: failing instances are not pickable, within the same cap
+/// as ejection — never more than `max_ejected_share` of the `Up` instances are kept
+/// out, ejected and failing together, so when too many fail the rest are picked all the
+/// same (Envoy's panic threshold: all failing still serve).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -157,19 +157,16 @@ async fn run<C: HealthCheck>(
         }))
         .await;
         for (instance, passed) in up.iter().zip(results) {
-            let verdict = verdicts
-                .entry(instance.id.clone())
-                .or_insert_with(|| Verdicts {
-                    address: instance.address.clone(),
-                    failing: false,
-                    run: 0,
-                });
+            // A verdict starts from what the detector holds, so an instance that left
+            // `Up` while failing (or a checker started anew) can pass again.
+            let fresh = || Verdicts {
+                address: instance.address.clone(),
+                failing: detector.is_check_failing(instance),
+                run: 0,
+            };
+            let verdict = verdicts.entry(instance.id.clone()).or_insert_with(fresh);
             if verdict.address != instance.address {
-                *verdict = Verdicts {
-                    address: instance.address.clone(),
-                    failing: false,
-                    run: 0,
-                };
+                *verdict = fresh();
             }
             if passed != verdict.failing {
                 // Agrees with the verdict: the run against it is over.
@@ -287,10 +284,11 @@ mod tests {
         tokio::time::sleep(DEFAULT_CHECK_INTERVAL).await;
         assert_eq!(pickable(&detector), ["a", "c"]);
 
-        // Two of three failing is below the passing share: everything serves again.
+        // Two of three failing: the cap keeps only one out.
         failing.lock().unwrap().push("c".to_owned());
         tokio::time::sleep(DEFAULT_CHECK_INTERVAL * 2).await;
-        assert_eq!(pickable(&detector), ["a", "b", "c"], "panic mode");
+        assert_eq!(detector.check_failing(), ["b", "c"]);
+        assert_eq!(pickable(&detector).len(), 2, "the cap");
 
         failing.lock().unwrap().clear();
         tokio::time::sleep(DEFAULT_CHECK_INTERVAL * 2).await;

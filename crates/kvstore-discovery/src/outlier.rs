@@ -17,6 +17,9 @@ pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 /// Default [`OutlierOptions::max_ejected_share`].
 pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.5;
+/// The longest ejection whatever the options say (a year: `Instant` arithmetic
+/// cannot overflow).
+const LONGEST_EJECTION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How one attempt to use an instance failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -189,6 +192,8 @@ impl Record {
 #[derive(Debug)]
 struct State {
     records: HashMap<String, Record>,
+    /// The set's version the records were last pruned against.
+    pruned: Option<u64>,
 }
 
 struct Shared {
@@ -226,17 +231,19 @@ struct Shared {
 /// ejection multiplier). When an ejection ends the instance is back *on probation*:
 /// its first failure of any kind ejects it again, its first success ends probation.
 ///
-/// **The cap.** Ejection never takes more than [`OutlierOptions::max_ejected_share`] of
-/// the set's `Up` instances (at least one while two or more are `Up`, never the last
-/// one): when every instance fails, most keep serving rather than nothing, as Envoy's
-/// `max_ejection_percent` and Nacos's protect threshold intend. Keep the share at most
+/// **The cap.** Ejection, and failing active health checks ([`crate::ActiveHealth`])
+/// with it, never keep more than [`OutlierOptions::max_ejected_share`] of the set's `Up`
+/// instances out of the pick set (at least one while two or more are `Up`, never the
+/// last one): when every instance fails, most keep serving rather than nothing, as
+/// Envoy's `max_ejection_percent` and panic threshold and Nacos's protect threshold
+/// intend. Keep the share at most
 /// `1 − protect_threshold` ([`crate::DiscoveryOptions::protect_threshold`]) so the
 /// pick set is protected as much as the registry's set.
 ///
 /// The detector follows one service's set ([`OutlierDetector::new`] takes its
 /// [`InstanceReader`]): it counts the `Up` instances for the cap, forgets instances
-/// that leave the set, and starts afresh for an instance whose address changed (a
-/// restarted provider). It runs on tokio's clock, so tests on a paused clock see
+/// that leave the set, starts afresh for an instance whose address changed (a
+/// restarted provider), and ignores late reports about the old address. It runs on tokio's clock, so tests on a paused clock see
 /// ejections end. It is used by [`crate::Upstreams`] (feature `tower`, with the HTTP
 /// gateway and the gRPC channel built on it), by [`crate::ServiceDiscover::with_outlier_detection`]
 /// (tower's balancers, tonic's balanced channel), and by [`SkipEjected`] for the
@@ -296,6 +303,7 @@ impl OutlierDetector {
                 options,
                 state: Mutex::new(State {
                     records: HashMap::new(),
+                    pruned: None,
                 }),
                 changes: watch::channel(0).0,
             }),
@@ -314,19 +322,59 @@ impl OutlierDetector {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state, with the records of instances that left the followed set forgotten.
+    fn pruned_state(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.state();
+        if let Some(reader) = &self.shared.reader {
+            let version = reader.version();
+            if state.pruned != Some(version) {
+                let instances = reader.instances();
+                state
+                    .records
+                    .retain(|id, _| instances.iter().any(|i| &i.id == id));
+                state.pruned = Some(version);
+            }
+        }
+        state
+    }
+
+    /// The address the followed set has for `id` now (`None`: not in the set, or no set
+    /// followed).
+    fn current_address(&self, id: &str) -> Option<String> {
+        let reader = self.shared.reader.as_ref()?;
+        reader
+            .instances()
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.address.clone())
+    }
+
     /// Report the outcome of one attempt to use `instance`. Returns whether this report
-    /// ejected it.
+    /// ejected it. A report about an address the set no longer has for the instance (a
+    /// try sent before a restart) changes nothing.
     pub fn record(&self, instance: &Instance, outcome: Outcome) -> bool {
         let now = Instant::now();
         let options = &self.shared.options;
-        let mut state = self.state();
+        let mut state = self.pruned_state();
+        let known = state.records.get(&instance.id).map(|r| r.address.clone());
+        if known.as_deref() != Some(instance.address.as_str()) {
+            // A first report, or one about another address: it counts only for the
+            // address the set has now (a restarted provider starts afresh; a try sent
+            // to its old address before the restart changes nothing).
+            drop(state);
+            let current = self.current_address(&instance.id);
+            if self.shared.reader.is_some() && current.as_deref() != Some(&instance.address) {
+                return false;
+            }
+            state = self.pruned_state();
+            state
+                .records
+                .insert(instance.id.clone(), Record::new(&instance.address));
+        }
         let record = state
             .records
             .entry(instance.id.clone())
             .or_insert_with(|| Record::new(&instance.address));
-        if record.address != instance.address {
-            *record = Record::new(&instance.address);
-        }
         record.settle(now);
         let failure = match outcome {
             Outcome::Success => {
@@ -349,8 +397,17 @@ impl OutlierDetector {
         if threshold == 0 || (run < threshold && !record.probation) {
             return false;
         }
-        let ejected = state.records.values().filter(|r| r.is_ejected(now)).count();
-        if ejected >= options.cap(self.up_count()) {
+        let up = self.up_instances();
+        let ejected = up
+            .iter()
+            .filter(|i| {
+                state
+                    .records
+                    .get(&i.id)
+                    .is_some_and(|r| r.address == i.address && r.is_ejected(now))
+            })
+            .count();
+        if ejected >= options.cap(up.len()) {
             tracing::debug!(instance = %instance.id, ejected, "not ejected: the cap is reached");
             return false;
         }
@@ -368,7 +425,8 @@ impl OutlierDetector {
         let length = options
             .base_ejection_time
             .saturating_mul(record.ejections)
-            .min(options.max_ejection_time);
+            .min(options.max_ejection_time)
+            .min(LONGEST_EJECTION);
         record.ejected_until = Some(now + length);
         record.run = None;
         record.probation = false;
@@ -387,21 +445,21 @@ impl OutlierDetector {
         true
     }
 
-    /// The number of `Up` instances of the followed set.
-    fn up_count(&self) -> usize {
-        self.shared.reader.as_ref().map_or(0, |reader| {
+    /// The `Up` instances of the followed set.
+    fn up_instances(&self) -> Vec<Arc<Instance>> {
+        self.shared.reader.as_ref().map_or_else(Vec::new, |reader| {
             reader
                 .instances()
-                .iter()
+                .into_iter()
                 .filter(|i| i.status == Status::Up)
-                .count()
+                .collect()
         })
     }
 
     /// Whether instance `id` is ejected now.
     pub fn is_ejected(&self, id: &str) -> bool {
         let now = Instant::now();
-        self.state()
+        self.pruned_state()
             .records
             .get(id)
             .is_some_and(|record| record.is_ejected(now))
@@ -411,7 +469,7 @@ impl OutlierDetector {
     pub fn ejected(&self) -> Vec<String> {
         let now = Instant::now();
         let mut ids: Vec<String> = self
-            .state()
+            .pruned_state()
             .records
             .iter()
             .filter(|(_, record)| record.is_ejected(now))
@@ -424,7 +482,7 @@ impl OutlierDetector {
     /// When the next ejection ends, if any instance is ejected.
     pub fn next_return(&self) -> Option<Instant> {
         let now = Instant::now();
-        self.state()
+        self.pruned_state()
             .records
             .values()
             .filter_map(|record| record.ejected_until.filter(|until| *until > now))
@@ -437,18 +495,11 @@ impl OutlierDetector {
         self.shared.changes.subscribe()
     }
 
-    /// Forget instances that are no longer in `instances` (they left the set).
-    pub fn retain(&self, instances: &[Arc<Instance>]) {
-        self.state()
-            .records
-            .retain(|id, _| instances.iter().any(|i| &i.id == id));
-    }
-
     /// Record the verdict of `instance`'s active health checks
-    /// ([`crate::ActiveHealth`]): while failing it is not pickable, unless too many
-    /// fail (see [`OutlierDetector::pickable`]).
+    /// ([`crate::ActiveHealth`]): while failing it is not pickable (within the cap, see
+    /// [`OutlierDetector::pickable`]).
     pub fn set_check_failing(&self, instance: &Instance, failing: bool) {
-        let mut state = self.state();
+        let mut state = self.pruned_state();
         let record = state
             .records
             .entry(instance.id.clone())
@@ -463,10 +514,18 @@ impl OutlierDetector {
         }
     }
 
+    /// Whether `instance` (at its address) is failing its active health checks.
+    pub(crate) fn is_check_failing(&self, instance: &Instance) -> bool {
+        self.state()
+            .records
+            .get(&instance.id)
+            .is_some_and(|r| r.address == instance.address && r.check_failing)
+    }
+
     /// The ids of the instances failing their active health checks, sorted.
     pub fn check_failing(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
-            .state()
+            .pruned_state()
             .records
             .iter()
             .filter(|(_, record)| record.check_failing)
@@ -476,38 +535,49 @@ impl OutlierDetector {
         ids
     }
 
-    /// The instances of `instances` that may be picked: `Up`, not ejected, and not
-    /// failing their active health checks — unless fewer than `1 − max_ejected_share`
-    /// of the `Up` instances pass their checks, when the checks are ignored (Envoy's
-    /// panic threshold: rather all than too few).
+    /// The instances of `instances` that may be picked: the `Up` ones, less those
+    /// ejected and those failing their active health checks — but never more than
+    /// [`OutlierOptions::max_ejected_share`] of the `Up` instances are kept out (at
+    /// least one while two or more are `Up`, never the last): ejected ones are kept out
+    /// first (those ejected last first), then failing ones, while the cap allows; the
+    /// rest are picked all the same (Envoy's panic threshold: rather all than too few).
     pub fn pickable(&self, instances: &[Arc<Instance>]) -> Vec<Arc<Instance>> {
         let now = Instant::now();
-        let state = self.state();
+        let state = self.pruned_state();
+        let up: Vec<&Arc<Instance>> = instances
+            .iter()
+            .filter(|i| i.status == Status::Up)
+            .collect();
         let record = |i: &Instance| {
             state
                 .records
                 .get(&i.id)
                 .filter(|record| record.address == i.address)
         };
-        let up: Vec<&Arc<Instance>> = instances
+        let mut ejected: Vec<(Instant, &str)> = up
             .iter()
-            .filter(|i| i.status == Status::Up)
+            .filter_map(|i| {
+                record(i)
+                    .and_then(|r| r.ejected_until.filter(|until| *until > now))
+                    .map(|until| (until, i.id.as_str()))
+            })
             .collect();
-        let not_ejected: Vec<&Arc<Instance>> = up
+        ejected.sort_by(|a, b| b.cmp(a));
+        let failing = up
             .iter()
-            .copied()
-            .filter(|i| !record(i).is_some_and(|r| r.is_ejected(now)))
-            .collect();
-        let passing = up
-            .iter()
-            .filter(|i| !record(i).is_some_and(|r| r.check_failing))
-            .count();
-        let share = self.shared.options.max_ejected_share.clamp(0.0, 1.0);
-        #[allow(clippy::cast_precision_loss)]
-        let enough_pass = passing as f64 >= (1.0 - share) * up.len() as f64;
-        not_ejected
-            .into_iter()
-            .filter(|i| !enough_pass || !record(i).is_some_and(|r| r.check_failing))
+            .filter(|i| record(i).is_some_and(|r| r.check_failing))
+            .map(|i| i.id.as_str());
+        let mut out: Vec<&str> = Vec::new();
+        for id in ejected.iter().map(|(_, id)| *id).chain(failing) {
+            if out.len() >= self.shared.options.cap(up.len()) {
+                break;
+            }
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        up.into_iter()
+            .filter(|i| !out.contains(&i.id.as_str()))
             .cloned()
             .collect()
     }
@@ -548,6 +618,7 @@ mod tests {
     async fn three(
         options: OutlierOptions,
     ) -> (
+        Arc<dyn Store>,
         Vec<Registration>,
         crate::InstanceSet,
         OutlierDetector,
@@ -564,11 +635,11 @@ mod tests {
                     .unwrap(),
             );
         }
-        let set = Discovery::new(store).watch("svc").await.unwrap();
+        let set = Discovery::new(store.clone()).watch("svc").await.unwrap();
         let detector = OutlierDetector::new(set.reader(), options);
         let instances = set.instances();
         assert_eq!(instances.len(), 3);
-        (registrations, set, detector, instances)
+        (store, registrations, set, detector, instances)
     }
 
     fn fail(detector: &OutlierDetector, instance: &Instance, failure: Failure, times: u32) {
@@ -579,7 +650,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_connection_ejects_at_once_and_the_ejection_ends_after_the_base_time() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         assert!(detector.record(&instances[0], Outcome::Failed(Failure::Refused)));
         assert_eq!(detector.ejected(), ["a"]);
         let pickable: Vec<_> = detector
@@ -597,7 +668,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn errors_eject_only_after_their_run_and_a_success_breaks_the_run() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         fail(&detector, &instances[1], Failure::Error, 4);
         assert!(!detector.is_ejected("b"));
         detector.record(&instances[1], Outcome::Success);
@@ -609,7 +680,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_run_counts_one_kind_of_failure() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         fail(&detector, &instances[0], Failure::Timeout, 1);
         fail(&detector, &instances[0], Failure::Error, 1);
         fail(&detector, &instances[0], Failure::Timeout, 1);
@@ -625,7 +696,7 @@ mod tests {
             max_ejection_time: Duration::from_secs(25),
             ..OutlierOptions::default()
         };
-        let (_r, _set, detector, instances) = three(options).await;
+        let (_store, _r, _set, detector, instances) = three(options).await;
         let a = &instances[0];
         for expected in [10, 20, 25, 25] {
             assert!(detector.record(a, Outcome::Failed(Failure::Refused)));
@@ -638,7 +709,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn on_probation_one_failure_ejects_again_and_one_success_ends_probation() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         let b = &instances[1];
         fail(&detector, b, Failure::Error, 5);
         assert!(detector.is_ejected("b"));
@@ -663,7 +734,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(10),
             ..OutlierOptions::default()
         };
-        let (_r, _set, detector, instances) = three(options).await;
+        let (_store, _r, _set, detector, instances) = three(options).await;
         let a = &instances[0];
         detector.record(a, Outcome::Failed(Failure::Refused));
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -681,7 +752,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejection_stops_at_the_share_of_up_instances_and_never_takes_the_last() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         for instance in &instances {
             fail(&detector, instance, Failure::Error, 10);
         }
@@ -692,7 +763,7 @@ mod tests {
             max_ejected_share: 1.0,
             ..OutlierOptions::default()
         };
-        let (_r, _set, detector, instances) = three(everything).await;
+        let (_store, _r, _set, detector, instances) = three(everything).await;
         for instance in &instances {
             fail(&detector, instance, Failure::Refused, 1);
         }
@@ -700,20 +771,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_new_address_starts_afresh_and_disabled_never_ejects() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
-        detector.record(&instances[0], Outcome::Failed(Failure::Refused));
-        let mut restarted = Instance::clone(&instances[0]);
-        restarted.address = "127.0.0.1:4".into();
-        let restarted = Arc::new(restarted);
+    async fn a_restarted_instance_starts_afresh_and_late_reports_about_its_old_address_are_ignored()
+    {
+        let (store, mut registrations, mut set, detector, instances) =
+            three(OutlierOptions::default()).await;
+        let old = instances[0].clone();
+        detector.record(&old, Outcome::Failed(Failure::Refused));
         assert!(detector.is_ejected("a"));
-        assert_eq!(
-            detector.pickable(std::slice::from_ref(&restarted)).len(),
-            1,
-            "the ejection was of the old address"
+        // The provider restarts on another port under the same id.
+        registrations.remove(0).deregister().await.unwrap();
+        while set.instances().iter().any(|i| i.id == "a") {
+            set.next_change().await.unwrap();
+        }
+        assert!(!detector.is_ejected("a"), "forgotten when it left the set");
+        let registrar = Registrar::new(store);
+        let _back = registrar
+            .register(Instance::new("svc", "a", "127.0.0.1:4"), TTL)
+            .await
+            .unwrap();
+        while !set.instances().iter().any(|i| i.id == "a") {
+            set.next_change().await.unwrap();
+        }
+        let new = set.instances()[0].clone();
+        assert_eq!(new.address, "127.0.0.1:4");
+        assert!(
+            !detector.record(&old, Outcome::Failed(Failure::Refused)),
+            "a late report"
         );
-        detector.record(&restarted, Outcome::Success);
         assert!(!detector.is_ejected("a"));
+        assert!(detector.record(&new, Outcome::Failed(Failure::Refused)));
 
         let off = OutlierDetector::disabled();
         fail(&off, &instances[1], Failure::Refused, 100);
@@ -721,8 +807,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn ejected_and_check_failing_instances_together_stay_within_the_cap() {
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        detector.set_check_failing(&instances[1], true);
+        assert!(detector.record(&instances[0], Outcome::Failed(Failure::Refused)));
+        let pickable: Vec<String> = detector
+            .pickable(&instances)
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(
+            pickable,
+            ["b", "c"],
+            "one of three kept out: the ejected one"
+        );
+        let two = &instances[..2];
+        assert_eq!(
+            detector.pickable(two).len(),
+            1,
+            "of two, one is kept out and one serves"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn skip_ejected_balances_over_the_rest() {
-        let (_r, _set, detector, instances) = three(OutlierOptions::default()).await;
+        let (_store, _r, _set, detector, instances) = three(OutlierOptions::default()).await;
         detector.record(&instances[1], Outcome::Failed(Failure::Reset));
         let balancer = SkipEjected::new(crate::RoundRobin::default(), detector);
         let picked: Vec<&str> = (0..4)

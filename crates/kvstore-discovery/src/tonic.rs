@@ -301,24 +301,83 @@ async fn try_call(
 }
 
 /// How a transport error failed: [`Failure::Refused`] only when the connection could
-/// not be made (refused, or its connect timed out: tonic sets no other socket timeout),
-/// so only then is a call that is not idempotent sent again; anything else may have
-/// reached the instance.
+/// not be made (tonic's [`tonic::ConnectError`] is in the error's chain: refused,
+/// unreachable, or the connect timed out), so only then is a call that is not
+/// idempotent sent again; anything else (a reset, an I/O error on an established
+/// connection, even a timed-out one) may have reached the instance.
 pub(crate) fn transport_failure(error: &(dyn StdError + 'static)) -> Failure {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::AddrNotAvailable
-                | std::io::ErrorKind::NotConnected
-                | std::io::ErrorKind::TimedOut
-                | std::io::ErrorKind::HostUnreachable
-                | std::io::ErrorKind::NetworkUnreachable => Failure::Refused,
-                _ => Failure::Reset,
-            };
+        if e.is::<tonic::ConnectError>() {
+            return Failure::Refused;
         }
         source = e.source();
     }
     Failure::Reset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Discovery, Registrar};
+    use kvstore_core::Store;
+    use std::sync::Arc;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// Calls that are not idempotent are retried on another instance when their
+    /// instance refused the connection (it never saw them), and never otherwise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_is_not_idempotent_is_retried_only_when_its_connection_was_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let _server = AbortOnDropHandle::new(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        ));
+        let closed = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().to_string()
+        };
+        let store: Arc<dyn Store> = Arc::new(kvstore_memory::MemoryStore::new());
+        let registrar = Registrar::new(store.clone());
+        let ttl = Duration::from_secs(60);
+        let _dead = registrar
+            .register(Instance::new("svc", "dead", closed), ttl)
+            .await
+            .unwrap();
+        let _live = registrar
+            .register(Instance::new("svc", "live", live), ttl)
+            .await
+            .unwrap();
+        let set = Discovery::new(store).watch("svc").await.unwrap();
+        assert_eq!(set.instances().len(), 2);
+        let channel = set.into_grpc_channel(GrpcOptions::default());
+        let mut client = HealthClient::new(channel.clone());
+        // Until the dead instance has been picked (half the picks, at random) and more.
+        for _ in 0..100 {
+            let reply = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            assert!(reply.is_ok(), "{reply:?}");
+        }
+        assert_eq!(channel.upstreams().detector().ejected(), ["dead"]);
+    }
+
+    #[test]
+    fn only_a_connect_error_counts_as_never_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        assert_eq!(transport_failure(&connect), Failure::Refused);
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            transport_failure(&timed_out),
+            Failure::Reset,
+            "on an established connection"
+        );
+    }
 }

@@ -32,7 +32,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -68,7 +68,7 @@ pub struct ServiceDiscover<F, S> {
     set: InstanceSet,
     make: F,
     /// The `Up` instances, inserted or held out by ejection.
-    offered: HashMap<String, Arc<Instance>>,
+    offered: BTreeMap<String, Arc<Instance>>,
     /// The address each inserted id was inserted with.
     inserted: HashMap<String, String>,
     pending: VecDeque<Change<String, S>>,
@@ -107,7 +107,7 @@ impl InstanceSet {
         let mut discover = ServiceDiscover {
             set: self,
             make,
-            offered: HashMap::new(),
+            offered: BTreeMap::new(),
             inserted: HashMap::new(),
             pending: VecDeque::new(),
             ejection: None,
@@ -115,6 +115,7 @@ impl InstanceSet {
         for instance in discover.set.instances() {
             discover.offer(&instance);
         }
+        discover.reconcile_all();
         discover
     }
 }
@@ -137,19 +138,14 @@ where
         self
     }
 
-    /// Take in what `instance` (present, in this state) means for the balancer.
+    /// Take in what `instance` (present, in this state) means for the balancer; applied
+    /// by the next [`ServiceDiscover::reconcile_all`].
     fn offer(&mut self, instance: &Arc<Instance>) {
         if instance.status == Status::Up {
             self.offered.insert(instance.id.clone(), instance.clone());
         } else {
             self.offered.remove(&instance.id);
         }
-        self.reconcile(&instance.id);
-    }
-
-    fn forget(&mut self, id: &str) {
-        self.offered.remove(id);
-        self.withdraw(id);
     }
 
     /// The ids the detector lets the balancer pick among the offered instances (all of
@@ -165,12 +161,6 @@ where
                 .map(|i| i.id.clone())
                 .collect(),
         )
-    }
-
-    /// Insert or remove `id` as its offer and its ejection say.
-    fn reconcile(&mut self, id: &str) {
-        let pickable = self.pickable();
-        self.reconcile_with(id, pickable.as_ref());
     }
 
     fn reconcile_with(&mut self, id: &str, pickable: Option<&HashSet<String>>) {
@@ -196,8 +186,19 @@ where
         }
     }
 
+    /// Insert or remove every instance as the offers and the detector say: whether one
+    /// instance may be picked depends on the others (the cap is a share of the set).
     fn reconcile_all(&mut self) {
         let pickable = self.pickable();
+        let gone: Vec<String> = self
+            .inserted
+            .keys()
+            .filter(|id| !self.offered.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.withdraw(&id);
+        }
         let ids: Vec<String> = self.offered.keys().cloned().collect();
         for id in ids {
             self.reconcile_with(&id, pickable.as_ref());
@@ -261,9 +262,12 @@ where
                         match change {
                             InstanceChange::Added { instance, .. }
                             | InstanceChange::Updated { instance, .. } => self.offer(&instance),
-                            InstanceChange::Removed { instance, .. } => self.forget(&instance.id),
+                            InstanceChange::Removed { instance, .. } => {
+                                self.offered.remove(&instance.id);
+                            }
                         }
                     }
+                    self.reconcile_all();
                 }
             }
         }

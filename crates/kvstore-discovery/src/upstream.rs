@@ -20,6 +20,9 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_PER_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`ServingOptions::deadline`].
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest deadline whatever the options say (a day: `Instant` arithmetic cannot
+/// overflow).
+const LONGEST_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
 /// How many retries a stream of requests may add (tower's [`TpsBudget`], as Linkerd's
 /// retry budgets). `Default`: 20 % of requests, plus 10 a second, over 10 s.
@@ -58,7 +61,9 @@ pub struct ServingOptions {
     /// head). Keep it short enough that a hung instance costs little, long enough for
     /// your slowest answer.
     pub per_try_timeout: Duration,
-    /// How long all tries of a request may take together.
+    /// How long all tries of a request may take together (until the answering try's
+    /// response head, as `per_try_timeout`; a body that streams after it is not
+    /// bounded here).
     pub deadline: Duration,
     /// How many retries may be added to the request rate.
     pub retry_budget: RetryBudget,
@@ -120,6 +125,9 @@ pub enum Unserved {
         failure: Failure,
         /// Tries made.
         attempts: u32,
+        /// Whether any try may have reached an instance (failed otherwise than
+        /// [`Failure::Refused`]), so the request may have been applied.
+        reached: bool,
     },
     /// The overall deadline passed.
     #[error("{service}: no answer within the {deadline:?} deadline ({attempts} tries)")]
@@ -139,7 +147,7 @@ impl Unserved {
     pub fn nothing_reached(&self) -> bool {
         match self {
             Unserved::NoInstance { .. } => true,
-            Unserved::Failed { failure, .. } => failure.never_sent(),
+            Unserved::Failed { reached, .. } => !reached,
             Unserved::DeadlineExceeded { .. } => false,
         }
     }
@@ -338,7 +346,6 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
             }
         }
         drop(make);
-        self.inner.detector.retain(&instances);
         pool.instances = instances;
         pool.version = Some(version);
         pool
@@ -403,12 +410,14 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
         Fut: Future<Output = Tried<T>>,
     {
         let options = &self.inner.options;
-        let deadline = Instant::now() + options.deadline;
+        let deadline = Instant::now() + options.deadline.min(LONGEST_DEADLINE);
         let service = || self.inner.reader.service().to_owned();
         self.inner.budget.deposit();
         let mut tried: Vec<String> = Vec::new();
         // How the previous try failed, and its error answer.
         let mut last: Option<(Failure, Option<T>)> = None;
+        // Whether a try may have reached an instance.
+        let mut reached = false;
         loop {
             let attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             let picked = if Instant::now() >= deadline {
@@ -424,9 +433,13 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
                         attempts,
                     }),
                     None => Err(Unserved::NoInstance { service: service() }),
-                    Some((failure, answer)) => {
-                        self.finish(failure, answer, attempts, Instant::now() >= deadline)
-                    }
+                    Some((failure, answer)) => self.finish(
+                        failure,
+                        answer,
+                        attempts,
+                        reached,
+                        Instant::now() >= deadline,
+                    ),
                 };
             };
             if last.is_some() {
@@ -452,12 +465,19 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
             self.inner
                 .detector
                 .record(&instance, Outcome::Failed(failure));
+            reached |= !failure.never_sent();
             let again = attempts < options.attempts
                 && (retryable || failure.never_sent())
                 && Instant::now() < deadline
                 && self.inner.budget.withdraw();
             if !again {
-                return self.finish(failure, answer, attempts, Instant::now() >= deadline);
+                return self.finish(
+                    failure,
+                    answer,
+                    attempts,
+                    reached,
+                    Instant::now() >= deadline,
+                );
             }
             last = Some((failure, answer));
         }
@@ -469,6 +489,7 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
         failure: Failure,
         answer: Option<T>,
         attempts: u32,
+        reached: bool,
         past_deadline: bool,
     ) -> Result<T, Unserved> {
         let service = self.inner.reader.service().to_owned();
@@ -485,6 +506,7 @@ impl<S: Clone + Send + 'static> Upstreams<S> {
                 service,
                 failure,
                 attempts,
+                reached,
             }),
         }
     }

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use kvstore_discovery::{Discovery, GrpcChannel, GrpcOptions, ServingOptions};
 use kvstore_examples::grpc::{EchoClient, EchoRequest};
-use kvstore_testkit::server::{shared_etcd, shared_redis};
 use nix::sys::signal::Signal;
-use processes::{Running, STEP_TIMEOUT, crash, signal, start, terminate};
+use processes::{Backend, Running, STEP_TIMEOUT, crash, signal, start, store_url, terminate};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -30,19 +29,6 @@ const PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
 const CALL_INTERVAL: Duration = Duration::from_millis(5);
 /// How long calls go on after the fault.
 const WINDOW: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Etcd,
-    Redis,
-}
-
-fn store_url(backend: Backend, namespace: &str) -> String {
-    match backend {
-        Backend::Etcd => format!("etcd://{}/{namespace}", shared_etcd().address()),
-        Backend::Redis => format!("{}/0?namespace={namespace}", shared_redis().url()),
-    }
-}
 
 /// One call of the load: when it was sent, how long it took, who served it or why not.
 type Call = (Instant, Duration, Result<String, String>);

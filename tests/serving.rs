@@ -13,9 +13,9 @@ use axum::http::Method;
 use kvstore_examples::client::HttpClient;
 use kvstore_examples::load::{Load, Sent, summarize};
 use kvstore_testkit::proxy::TcpProxy;
-use kvstore_testkit::server::{free_port, shared_etcd, shared_redis};
+use kvstore_testkit::server::free_port;
 use nix::sys::signal::Signal;
-use processes::{Running, STEP_TIMEOUT, crash, signal, start, terminate};
+use processes::{Backend, Running, STEP_TIMEOUT, crash, signal, start, store_url, terminate};
 use tokio::time::Instant;
 
 /// The providers' lease TTL.
@@ -27,20 +27,6 @@ const WINDOW: Duration = Duration::from_secs(5);
 /// The load: clients, and each client's pause between requests.
 const CLIENTS: usize = 4;
 const INTERVAL: Duration = Duration::from_millis(5);
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Etcd,
-    Redis,
-}
-
-/// A store URL on the shared server of `backend`, in a namespace of its own.
-fn store_url(backend: Backend, namespace: &str) -> String {
-    match backend {
-        Backend::Etcd => format!("etcd://{}/{namespace}", shared_etcd().address()),
-        Backend::Redis => format!("{}/0?namespace={namespace}", shared_redis().url()),
-    }
-}
 
 /// Three providers and a gateway.
 struct Fleet {

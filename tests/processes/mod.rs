@@ -104,3 +104,21 @@ pub(crate) async fn terminate(process: &mut Running) {
         }
     }
 }
+
+/// The servers the cross-process tests run on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backend {
+    /// The shared etcd of the test binary.
+    Etcd,
+    /// The shared Redis of the test binary.
+    Redis,
+}
+
+/// A store URL on the shared server of `backend`, in a namespace of its own.
+pub(crate) fn store_url(backend: Backend, namespace: &str) -> String {
+    use kvstore_testkit::server::{shared_etcd, shared_redis};
+    match backend {
+        Backend::Etcd => format!("etcd://{}/{namespace}", shared_etcd().address()),
+        Backend::Redis => format!("{}/0?namespace={namespace}", shared_redis().url()),
+    }
+}

@@ -119,6 +119,21 @@ async fn fleet(
     Ok((providers, gateway, load))
 }
 
+/// Stop the load, the gateway and the providers; every request the load sent.
+async fn stop(
+    load: Load,
+    gateway: tokio::task::JoinHandle<std::io::Result<()>>,
+    providers: Vec<Provider>,
+) -> BenchResult<Vec<kvstore_examples::load::Sent>> {
+    let sent = load.stop().await;
+    gateway.abort();
+    for provider in providers {
+        provider.registration.deregister().await?;
+        provider.server.crash();
+    }
+    Ok(sent)
+}
+
 /// One of three providers crashes under a GET load.
 ///
 /// # Errors
@@ -131,12 +146,7 @@ pub(crate) async fn crash(store: &Arc<dyn Store>, service: &str, mode: Mode) -> 
     crashed.server.crash();
     crashed.registration.abandon();
     tokio::time::sleep(CRASH_WINDOW).await;
-    let sent = load.stop().await;
-    gateway.abort();
-    for provider in providers {
-        provider.registration.deregister().await?;
-        provider.server.crash();
-    }
+    let sent = stop(load, gateway, providers).await?;
     Ok(Run {
         steady: summarize(&sent, crashed_at - WARM_UP / 2, crashed_at),
         fault: summarize(&sent, crashed_at, crashed_at + CRASH_WINDOW),
@@ -177,12 +187,7 @@ pub(crate) async fn rolling_restart(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ended = Instant::now();
-    let sent = load.stop().await;
-    gateway.abort();
-    for provider in providers {
-        provider.registration.deregister().await?;
-        provider.server.crash();
-    }
+    let sent = stop(load, gateway, providers).await?;
     Ok(Run {
         steady: summarize(&sent, started - WARM_UP / 2, started),
         fault: summarize(&sent, started, ended),

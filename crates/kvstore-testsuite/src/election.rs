@@ -8,7 +8,7 @@ use kvstore_core::{ElectionOptions, Error, KvPair, LockOptions, Store};
 use crate::{Harness, WAIT, fresh_store, next_item, value};
 
 fn elections_supported(store: &Arc<dyn Store>) -> bool {
-    store.capabilities().locks
+    crate::claims(store.capabilities().locks, "locks")
 }
 
 fn options(harness: &dyn Harness) -> ElectionOptions {
@@ -99,7 +99,7 @@ pub async fn killed_leader_is_replaced_within_ttl(harness: &dyn Harness) {
 /// An observer sees every change of leader and of the leader's value, in order.
 pub async fn observers_see_every_leader_change_in_order(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    if !elections_supported(&store) || !store.capabilities().watch {
+    if !elections_supported(&store) || !crate::claims(store.capabilities().watch, "watch") {
         return;
     }
     let election = store

@@ -37,7 +37,7 @@ pub async fn let_server_time_pass(store: &Arc<dyn Store>, duration: Duration) {
 }
 
 fn leases_supported(store: &Arc<dyn Store>) -> bool {
-    store.capabilities().leases
+    crate::claims(store.capabilities().leases, "leases")
 }
 
 /// A key put with a TTL disappears after it, and a watcher sees a delete.

@@ -69,6 +69,23 @@ pub trait Harness: Send + Sync {
 /// paused clock it costs nothing.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Whether the backend claims a capability a test needs: `has`, and when it does not,
+/// a line on the real standard error (past the test harness's capture, so it shows
+/// for passing tests too) saying the test was skipped and why. A test that returns
+/// early without saying so would pass silently.
+pub(crate) fn claims(has: bool, capability: &str) -> bool {
+    use std::io::Write as _;
+    if !has {
+        let thread = std::thread::current();
+        let test = thread.name().unwrap_or("a conformance test");
+        let _ = writeln!(
+            std::io::stderr(),
+            "kvstore-testsuite: skipped {test}: the backend does not claim `Capabilities::{capability}`"
+        );
+    }
+    has
+}
+
 /// A fresh namespace for one test: `kvstore-test/<random>`.
 pub fn unique_namespace() -> String {
     format!("kvstore-test/{:016x}", rand::random::<u64>())
@@ -144,12 +161,20 @@ macro_rules! conformance_tests {
     };
 }
 
-/// The list of conformance tests; used by [`conformance_tests!`].
+/// The list of conformance tests; used by [`conformance_tests!`] and [`CONFORMANCE_TESTS`].
+/// Every `pub async fn ..(harness: &dyn Harness)` of this crate must be in it: a test
+/// of this crate checks that none is left out.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __each_conformance_test {
     ([$($attr:tt)*] $harness:expr) => {
-        $crate::__define_tests! { [$($attr)*] $harness;
+        $crate::__each_conformance_test! { @call __define_tests [$($attr)*] $harness }
+    };
+    (@names) => {
+        $crate::__each_conformance_test! { @call __test_names [] () }
+    };
+    (@call $callback:ident [$($attr:tt)*] $harness:expr) => {
+        $crate::$callback! { [$($attr)*] $harness;
             put_then_get_returns_the_value,
             keys_are_normalised,
             get_of_missing_key_fails_with_key_not_found,
@@ -217,6 +242,18 @@ macro_rules! __each_conformance_test {
     };
 }
 
+/// The names of a list of tests, as strings.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_names {
+    ($attrs:tt $harness:expr; $($name:ident),* $(,)?) => {
+        &[$(stringify!($name)),*]
+    };
+}
+
+/// The name of every test [`conformance_tests!`] runs.
+pub const CONFORMANCE_TESTS: &[&str] = __each_conformance_test!(@names);
+
 /// Defines one test function per name; used by [`conformance_tests!`].
 #[doc(hidden)]
 #[macro_export]
@@ -237,4 +274,57 @@ macro_rules! __define_test {
             $crate::$name(&harness).await;
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` taking a harness in this crate's test modules.
+    fn defined_tests() -> Vec<String> {
+        let sources = [
+            include_str!("election.rs"),
+            include_str!("keys.rs"),
+            include_str!("leases.rs"),
+            include_str!("lifecycle.rs"),
+            include_str!("locks.rs"),
+            include_str!("operations.rs"),
+            include_str!("txn.rs"),
+            include_str!("watch.rs"),
+        ];
+        let mut names = Vec::new();
+        for source in sources {
+            for (at, marker) in source.match_indices("\npub async fn ") {
+                let rest = &source[at + marker.len()..];
+                let Some((name, args)) = rest.split_once('(') else {
+                    continue;
+                };
+                let args = args.split(')').next().unwrap_or_default();
+                if args.trim_start().starts_with("harness: &dyn Harness") {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn every_conformance_test_is_in_the_list_the_macro_runs() {
+        let mut listed: Vec<String> = super::CONFORMANCE_TESTS
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        listed.sort();
+        let defined = defined_tests();
+        let missing: Vec<&String> = defined.iter().filter(|n| !listed.contains(n)).collect();
+        let stale: Vec<&String> = listed.iter().filter(|n| !defined.contains(n)).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "conformance_tests! misses {missing:?} and lists tests that do not exist: {stale:?}"
+        );
+        assert!(
+            defined.len() >= 60,
+            "the parse found only {}",
+            defined.len()
+        );
+    }
 }

@@ -89,7 +89,7 @@ pub async fn leases_and_locks_are_lost_at_once_when_the_store_closes(harness: &d
     // A few round trips on a slow machine; no keep-alive is due before.
     const PROMPTLY: Duration = Duration::from_secs(5);
     let (_, store) = fresh_store(harness).await;
-    if !store.capabilities().leases {
+    if !crate::claims(store.capabilities().leases, "leases") {
         return;
     }
     let lease = store.grant_lease(TTL).await.unwrap();

@@ -15,7 +15,7 @@ fn options(harness: &dyn Harness, holder: &str) -> LockOptions {
 }
 
 fn locks_supported(store: &Arc<dyn Store>) -> bool {
-    store.capabilities().locks
+    crate::claims(store.capabilities().locks, "locks")
 }
 
 /// While held, `get(key)` returns the lock's value; after unlock the key is gone; a

@@ -11,7 +11,7 @@ use crate::leases::wait_until_absent;
 use crate::{Harness, fresh_store, next_item, value};
 
 fn transactions_supported(store: &Arc<dyn Store>) -> bool {
-    store.capabilities().transactions
+    crate::claims(store.capabilities().transactions, "transactions")
 }
 
 fn put(key: &str, text: &str) -> TxnOp {
@@ -175,7 +175,7 @@ pub async fn txn_compares_value_revision_create_revision_lease_and_absence(harne
 /// emits one list with all of them, never a state in between.
 pub async fn txn_writes_reach_watchers_as_one_revision(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    if !transactions_supported(&store) || !store.capabilities().watch {
+    if !transactions_supported(&store) || !crate::claims(store.capabilities().watch, "watch") {
         return;
     }
     let mut events = store
@@ -305,7 +305,7 @@ pub async fn txn_over_the_limits_is_invalid_argument(harness: &dyn Harness) {
 /// A put with a TTL inside a transaction expires like any TTL key.
 pub async fn txn_ttl_put_expires(harness: &dyn Harness) {
     let (_, store) = fresh_store(harness).await;
-    if !transactions_supported(&store) || !store.capabilities().leases {
+    if !transactions_supported(&store) || !crate::claims(store.capabilities().leases, "leases") {
         return;
     }
     let response = store

@@ -8,7 +8,7 @@ use kvstore_core::{PutOptions, Store, WatchEvent, WatchFrom};
 use crate::{Harness, fresh_store, next_item, value};
 
 fn watch_supported(store: &Arc<dyn Store>) -> bool {
-    store.capabilities().watch
+    crate::claims(store.capabilities().watch, "watch")
 }
 
 /// `watch` yields the key's current value first.

@@ -1,6 +1,6 @@
 //! # kvstore-config: typed live configuration on any kvstore backend
 //!
-//! A key in the store becomes a live, typed, validated value (docs/CONTRACT.md §12), in
+//! A key in the store becomes a live, typed, validated value ([contract §12](kvstore_core::contract#12-typed-live-configuration)), in
 //! the manner of the config centers of Go's service frameworks (go-zero, Kratos, Nacos):
 //!
 //! - the key's value is parsed as JSON or TOML into your `T: DeserializeOwned`, checked

@@ -80,7 +80,7 @@ struct Published<T> {
     accepted: u64,
 }
 
-/// A key's value as a live, typed, validated `Arc<T>` (docs/CONTRACT.md §12). Follows the
+/// A key's value as a live, typed, validated `Arc<T>` ([contract §12](kvstore_core::contract#12-typed-live-configuration)). Follows the
 /// key until dropped.
 pub struct LiveConfig<T> {
     key: String,

@@ -54,12 +54,12 @@ pub enum Condition {
 
 /// The primitives of one storage server. Implement this; users get [`crate::Store`].
 ///
-/// Every method must honour docs/CONTRACT.md: revisions strictly increase and one call has
+/// Every method must honour [the contract](crate::contract): revisions strictly increase and one call has
 /// one revision, a write returns its pair, and after [`Backend::close`] every method
 /// returns [`crate::Error::Closed`].
 #[async_trait]
 pub trait Backend: Clone + Send + Sync + 'static {
-    /// The backend's short name (`"memory"`, `"etcd"`, `"redis"`), used in errors and
+    /// The backend's short name (`"memory"`, `"etcd"`, `"redis"`, `"zookeeper"`), used in errors and
     /// returned by [`crate::Store::backend`].
     fn backend(&self) -> &'static str;
 
@@ -94,7 +94,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A handle on the same server and connections whose keys live outside every key this
     /// handle can address (a sibling of its namespace). The lock recipe keeps its waiter
-    /// keys there so they are invisible to `get`/`list`/`watch_tree` (docs/CONTRACT.md §6).
+    /// keys there so they are invisible to `get`/`list`/`watch_tree` ([contract §6](crate::contract#6-locks)).
     /// `None` (the default) for a backend without locks.
     fn lock_area(&self) -> Option<Self> {
         None
@@ -163,7 +163,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         let _ = lease;
     }
 
-    /// Apply `txn` atomically at one revision (docs/CONTRACT.md §10): evaluate its
+    /// Apply `txn` atomically at one revision ([contract §10](crate::contract#10-transactions)): evaluate its
     /// comparisons with [`crate::Compare::holds`]'s semantics, apply the chosen branch,
     /// and deliver its writes to watchers as one batch. Core has validated it: keys are
     /// normalised, sizes and limits checked, no key written twice in a branch, and TTL
@@ -173,7 +173,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Err(unsupported(self, "txn"))
     }
 
-    /// Watch `target` (docs/CONTRACT.md §5). The stream yields batches, each holding whole
+    /// Watch `target` ([contract §5](crate::contract#5-watch)). The stream yields batches, each holding whole
     /// revisions only, in revision order: first a `Snapshot` when `from` is
     /// [`crate::WatchFrom::Snapshot`], then `Put`/`Delete` events, or a `Resync` when
     /// history was lost. It resumes by itself after a dropped connection ([`resuming`]

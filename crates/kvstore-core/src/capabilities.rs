@@ -18,7 +18,7 @@ pub struct Capabilities {
     pub watch: bool,
     /// Locks (`new_lock`) and elections (`new_election`).
     pub locks: bool,
-    /// Transactions (`txn`), docs/CONTRACT.md §10.
+    /// Transactions (`txn`), [contract §10](crate::contract#10-transactions).
     pub transactions: bool,
 }
 

@@ -1,4 +1,4 @@
-//! Leader election (docs/CONTRACT.md §11), etcd `concurrency.Election` on the lock recipe.
+//! Leader election ([contract §11](crate::contract#11-leader-election)), etcd `concurrency.Election` on the lock recipe.
 //!
 //! Each candidate grants a lease and enters the election's queue in the store's lock area
 //! (`election/{name}/{lease id}`, outside the user keys) with its value; the candidate

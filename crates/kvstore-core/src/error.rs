@@ -1,4 +1,4 @@
-//! The one error type of the contract (docs/CONTRACT.md §7).
+//! The one error type of the contract ([contract §7](crate::contract#7-errors)).
 //!
 //! Every variant carries enough context to say *which operation on which key* failed, and
 //! [`Error::is_retryable`] tells a caller (or a retry layer) whether trying again can help,
@@ -16,7 +16,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a kvstore operation.
 ///
-/// The variants follow docs/CONTRACT.md §7. The enum is `#[non_exhaustive]`: match the variants you
+/// The variants follow [contract §7](crate::contract#7-errors). The enum is `#[non_exhaustive]`: match the variants you
 /// handle and keep a catch-all arm.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,7 +45,7 @@ pub enum Error {
         /// The key's revision in the store.
         actual: u64,
     },
-    /// The key (or prefix) breaks the rules of docs/CONTRACT.md §1; nothing was sent to the server.
+    /// The key (or prefix) breaks the rules of [contract §1](crate::contract#1-keys-values-and-namespaces); nothing was sent to the server.
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey {
         /// The key as the caller gave it.

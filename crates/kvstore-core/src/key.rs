@@ -1,4 +1,4 @@
-//! Key normalisation and validation (docs/CONTRACT.md §1), done once here for every backend.
+//! Key normalisation and validation ([contract §1](crate::contract#1-keys-values-and-namespaces)), done once here for every backend.
 //!
 //! A key is a UTF-8 string of `/`-separated segments. Leading and trailing `/` are dropped,
 //! so `"/a/b/"` and `"a/b"` name the same key. A [`Key`] or [`Prefix`] can only be built by
@@ -29,7 +29,7 @@ pub const MAX_KEY_LEN: usize = 4096;
 pub struct Key(String);
 
 /// A validated, normalised prefix (a "directory"). It names every key strictly below
-/// `prefix/`; the empty prefix names the whole store (docs/CONTRACT.md §1).
+/// `prefix/`; the empty prefix names the whole store ([contract §1](crate::contract#1-keys-values-and-namespaces)).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Prefix(String);
 
@@ -66,7 +66,7 @@ fn check_segments(raw: &str, normalised: &str) -> Result<()> {
 
 /// Whether `key` is a valid key exactly as written (already normalised), without
 /// allocating. Reads use it to skip what another namespace's bookkeeping or another tool
-/// left in the keyspace (docs/CONTRACT.md §1).
+/// left in the keyspace ([contract §1](crate::contract#1-keys-values-and-namespaces)).
 pub(crate) fn is_valid_key(key: &str) -> bool {
     !key.is_empty() && normalise(key) == key && check_segments(key, key).is_ok()
 }

@@ -1,4 +1,4 @@
-//! Leases: a TTL on the server that keys attach to, kept alive by a handle (docs/CONTRACT.md §4).
+//! Leases: a TTL on the server that keys attach to, kept alive by a handle ([contract §4](crate::contract#4-leases-and-ttl)).
 //!
 //! [`crate::Store::grant_lease`] returns a [`Lease`]. While the handle lives, a background
 //! task refreshes the lease every third of its TTL (as etcd's `clientv3` keep-alive does);
@@ -81,7 +81,7 @@ const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(500);
 
 /// A granted lease, kept alive in the background while this handle lives.
 ///
-/// Dropping the handle stops the keep-alive and revokes the lease (docs/CONTRACT.md §4); use
+/// Dropping the handle stops the keep-alive and revokes the lease ([contract §4](crate::contract#4-leases-and-ttl)); use
 /// [`Lease::abandon`] to stop keeping it alive without revoking it.
 pub struct Lease {
     id: LeaseId,
@@ -210,7 +210,7 @@ impl Drop for Lease {
 ///
 /// The lease's remaining life is counted from when the last successful keep-alive was
 /// *sent*, not answered: the server may have refreshed it at any moment in between, so
-/// only the send time is a safe lower bound on when it expires (docs/CONTRACT.md §4). A
+/// only the send time is a safe lower bound on when it expires ([contract §4](crate::contract#4-leases-and-ttl)). A
 /// slow answer thus shortens the life we count on, and `lost()` fires before the server
 /// can have expired the lease and handed its lock to someone else.
 async fn keep_alive_loop(

@@ -1,7 +1,7 @@
 //! # kvstore-core: the contract every kvstore backend meets
 //!
 //! kvstore gives services one coordination-store API over many backends (etcd v3, Redis,
-//! in-memory), in the spirit of Go's docker/libkv, with etcd's revisions, leases, watches
+//! ZooKeeper, in-memory), in the spirit of Go's docker/libkv, with etcd's revisions, leases, watches
 //! and fenced locks done right. This crate is the contract and knows no backend:
 //!
 //! - [`Store`]: what users call, held as `Arc<dyn Store>` (libkv's full surface plus
@@ -10,8 +10,12 @@
 //!   [`backend`] with the rest of the implementer's kit; every `Backend` is a `Store`,
 //!   and the semantics above the primitives (validation, TTL puts, watch views, lease
 //!   keep-alive, locks) are written once here;
-//! - [`Key`]/[`Prefix`] (docs/CONTRACT.md §1), [`KvPair`] (§2), [`Lease`] (§4), the
-//!   [`WatchEvent`] stream (§5), [`Locker`] (§6) and [`Error`] (§7).
+//! - [`Key`]/[`Prefix`] ([contract §1](contract#1-keys-values-and-namespaces)),
+//!   [`KvPair`] ([§2](contract#2-revisions)), [`Lease`] ([§4](contract#4-leases-and-ttl)),
+//!   the [`WatchEvent`] stream ([§5](contract#5-watch)), [`Locker`]
+//!   ([§6](contract#6-locks)) and [`Error`] ([§7](contract#7-errors));
+//! - [`contract`]: the semantics every backend meets, as a document (the conformance
+//!   suite, `kvstore-testsuite`, is that document as tests).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -37,6 +41,8 @@
 
 pub mod backend;
 mod capabilities;
+#[doc = include_str!("../../../docs/CONTRACT.md")]
+pub mod contract {}
 mod election;
 mod error;
 mod key;

@@ -1,5 +1,5 @@
 //! [`Lifecycle`]: the open/closed state a backend handle shares with its clones and its
-//! background tasks, and the leases it must revoke when closed (docs/CONTRACT.md §3 `close`).
+//! background tasks, and the leases it must revoke when closed ([contract §3](crate::contract#3-operations) `close`).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -66,7 +66,7 @@ impl Lifecycle {
         self.leases().drain().collect()
     }
 
-    /// Close as `close()` must (docs/CONTRACT.md §3): revoke every tracked lease with `revoke`
+    /// Close as `close()` must ([contract §3](crate::contract#3-operations)): revoke every tracked lease with `revoke`
     /// (best effort: a lease that cannot be revoked expires after its TTL), then mark
     /// closed and stop background loops.
     pub async fn close_revoking<F, Fut>(&self, revoke: F)

@@ -1,4 +1,4 @@
-//! Distributed locks with fencing tokens (docs/CONTRACT.md §6), written once for every backend.
+//! Distributed locks with fencing tokens ([contract §6](crate::contract#6-locks)), written once for every backend.
 //!
 //! The recipe is etcd `clientv3/concurrency`'s mutex: each contender grants a lease and
 //! creates a waiter key `lock/{lock key}/{lease id}` in the store's lock area (outside

@@ -10,7 +10,7 @@ use crate::lease::LeaseId;
 /// The longest TTL accepted, for keys, leases and locks: etcd's own maximum lease TTL
 /// (9,000,000,000 s, about 285 years). A longer one is [`Error::InvalidArgument`], so an
 /// absurd duration (say `Duration::MAX`, or 1e30 s from a command line) is a typed error
-/// on every backend instead of an overflow (docs/CONTRACT.md §7).
+/// on every backend instead of an overflow ([contract §7](crate::contract#7-errors)).
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// Check a TTL given to `operation`: neither zero nor over [`MAX_TTL`].

@@ -1,4 +1,4 @@
-//! [`KvPair`]: a key, its value and its revisions (docs/CONTRACT.md §2).
+//! [`KvPair`]: a key, its value and its revisions ([contract §2](crate::contract#2-revisions)).
 
 use bytes::Bytes;
 

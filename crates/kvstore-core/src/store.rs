@@ -21,14 +21,14 @@ use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::watch::{self, WatchEvent, WatchFrom, WatchTarget};
 
 /// A coordination store: keys, values, revisions, leases, watches and locks, with the
-/// same semantics on every backend (docs/CONTRACT.md §1–§7). Hold it as `Arc<dyn Store>`.
+/// same semantics on every backend ([contract §1–§7](crate::contract#1-keys-values-and-namespaces)). Hold it as `Arc<dyn Store>`.
 ///
 /// Keys are `/`-separated paths relative to the store's namespace; invalid keys and
 /// oversize values are rejected with [`Error::InvalidKey`] / [`Error::ValueTooLarge`]
 /// before any I/O. After [`Store::close`] every call returns [`Error::Closed`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The backend's short name (`"memory"`, `"etcd"`, `"redis"`).
+    /// The backend's short name (`"memory"`, `"etcd"`, `"redis"`, `"zookeeper"`).
     fn backend(&self) -> &'static str;
 
     /// What the backend supports and its limits.
@@ -133,7 +133,7 @@ pub trait Store: Send + Sync + 'static {
     /// `InvalidKey`, `InvalidArgument` (a zero TTL or one over [`crate::MAX_TTL`]), `Unsupported` without lock support.
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker>;
 
-    /// An [`Election`] named `name` (etcd `concurrency.NewElection`, docs/CONTRACT.md
+    /// An [`Election`] named `name` (etcd `concurrency.NewElection`, [the contract](crate::contract)
     /// §11); nothing is written until [`Election::campaign`].
     ///
     /// # Errors
@@ -162,7 +162,7 @@ pub trait Store: Send + Sync + 'static {
     /// The backend's I/O errors.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 
-    /// Apply a transaction (etcd `Txn`, docs/CONTRACT.md §10): if every comparison holds,
+    /// Apply a transaction (etcd `Txn`, [contract §10](crate::contract#10-transactions)): if every comparison holds,
     /// the `and_then` operations, otherwise the `or_else` ones, atomically at one
     /// revision; watchers see the branch's writes as one batch.
     ///

@@ -1,4 +1,4 @@
-//! Transactions (docs/CONTRACT.md §10): etcd's `Txn`, on every backend.
+//! Transactions ([contract §10](crate::contract#10-transactions)): etcd's `Txn`, on every backend.
 //!
 //! A [`Txn`] holds comparisons and two branches of operations: if every comparison holds,
 //! the `and_then` branch is applied, otherwise the `or_else` branch; either way atomically,

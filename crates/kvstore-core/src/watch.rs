@@ -1,4 +1,4 @@
-//! Watch events and the libkv views built on them (docs/CONTRACT.md §5).
+//! Watch events and the libkv views built on them ([contract §5](crate::contract#5-watch)).
 //!
 //! Backends produce one thing: a stream of [`WatchEvent`] batches for a key or a prefix
 //! ([`crate::backend::Backend::watch`]). The user-facing forms are built here, once:
@@ -90,7 +90,7 @@ pub type EventBatchStream = BoxStream<'static, Result<Vec<WatchEvent>>>;
 
 /// The batches without events for keys that are not valid as written (another
 /// namespace's lock bookkeeping, keys another tool wrote that break the key rules):
-/// reads and watches never return them (docs/CONTRACT.md §1). A batch left empty is
+/// reads and watches never return them ([contract §1](crate::contract#1-keys-values-and-namespaces)). A batch left empty is
 /// dropped.
 pub(crate) fn only_valid_keys(batches: EventBatchStream) -> EventBatchStream {
     batches
@@ -205,7 +205,7 @@ pub const RESUME_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs
 /// The first step (reading the snapshot, or connecting for a watch that starts after a
 /// revision) runs before this returns, and its failure is returned as the error: a
 /// watch on an unreachable server fails within the backend's request timeout instead of
-/// waiting forever (docs/CONTRACT.md §7 "never hangs"). From then on the stream resumes
+/// waiting forever ([contract §7](crate::contract#7-errors) "never hangs"). From then on the stream resumes
 /// by itself with jittered backoff ([`RESUME_MIN_DELAY`] to [`RESUME_MAX_DELAY`]) and
 /// ends only when dropped or when `shutdown` is cancelled (the store closed).
 /// Authentication failures are yielded as `Err` items (§5), and resuming goes on, since

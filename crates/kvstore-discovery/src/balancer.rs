@@ -1,5 +1,5 @@
 //! Balancers: pick one `Up` instance for a request, from a set's
-//! [`crate::InstanceSet::instances`] (docs/CONTRACT.md §9). For load-aware balancing
+//! [`crate::InstanceSet::instances`] ([contract §9](kvstore_core::contract#9-discovery)). For load-aware balancing
 //! (power of two choices over in-flight requests) use tower's `p2c::Balance` through
 //! [`crate::InstanceSet::into_discover`] (feature `tower`).
 

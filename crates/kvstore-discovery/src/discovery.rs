@@ -1,5 +1,5 @@
 //! [`Discovery`]: consumers list and watch services and always hold the live instance
-//! set (docs/CONTRACT.md §9).
+//! set ([contract §9](kvstore_core::contract#9-discovery)).
 //!
 //! [`Discovery::watch`] returns an [`InstanceSet`]. All sets of one service from one
 //! `Discovery` (and its clones) share one follower task: one backend watch and one
@@ -211,7 +211,7 @@ impl Discovery {
     /// its clones) shares one backend watch and one decoded instance set.
     ///
     /// When the registry cannot be read this fails within the store's timeouts
-    /// (docs/CONTRACT.md §7), unless [`DiscoveryOptions::cache_dir`] holds a snapshot of
+    /// ([contract §7](kvstore_core::contract#7-errors)), unless [`DiscoveryOptions::cache_dir`] holds a snapshot of
     /// the service: the set then starts from it, [`crate::Health::Stale`] with
     /// [`crate::StaleError::Cached`], and catches up when the registry answers.
     ///

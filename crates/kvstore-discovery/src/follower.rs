@@ -1,5 +1,5 @@
 //! The follower: one task per watched service per [`crate::Discovery`], shared by every
-//! [`crate::InstanceSet`] of that service (docs/CONTRACT.md §9 "Shared watches").
+//! [`crate::InstanceSet`] of that service ([contract §9](kvstore_core::contract#9-discovery) "Shared watches").
 //!
 //! It holds the one backend watch of the service, decodes each record once into an
 //! `Arc<Instance>`, and publishes the served set as a persistent map (`rpds`), so a

@@ -1,5 +1,5 @@
 //! [`Health`]: whether an instance set is in step with the registry, and if not, since
-//! when and why ([`StaleError`]) (docs/CONTRACT.md §9 "Staleness is visible").
+//! when and why ([`StaleError`]) ([contract §9](kvstore_core::contract#9-discovery) "Staleness is visible").
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! [`Instance`]: one registered endpoint of a service, stored as JSON (docs/CONTRACT.md §9).
+//! [`Instance`]: one registered endpoint of a service, stored as JSON ([contract §9](kvstore_core::contract#9-discovery)).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The version of the JSON record this crate writes. Readers accept this version and
 /// ignore fields they do not know, so later releases can add fields without a new
 /// version; a record of another version does not decode, and readers drop it from their
-/// views with a warning (docs/CONTRACT.md §9).
+/// views with a warning ([contract §9](kvstore_core::contract#9-discovery)).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The prefix, under the store's namespace, of every registration:

@@ -2,7 +2,7 @@
 //!
 //! Providers register themselves with a lease and a heartbeat and disappear when they
 //! die; consumers and gateways always hold the live instance set; none of it depends on
-//! which store is underneath (docs/CONTRACT.md §9). Records are JSON at
+//! which store is underneath ([contract §9](kvstore_core::contract#9-discovery)). Records are JSON at
 //! `{namespace}/services/{service}/{id}`.
 //!
 //! - [`Registrar`] / [`Registration`]: a leased record that heals itself (re-registers
@@ -21,7 +21,7 @@
 //!   [`WeightedRandom`], [`ZonePreferring`]; with feature `tower`,
 //!   [`InstanceSet::into_discover`] feeds tower's `p2c::Balance`; with feature `tonic`,
 //!   [`InstanceSet::into_balance_channel`] makes a balanced gRPC channel.
-//! - Serving (docs/CONTRACT.md §9, "Serving"): [`OutlierDetector`] ejects instances
+//! - Serving ([contract §9](kvstore_core::contract#9-discovery), "Serving"): [`OutlierDetector`] ejects instances
 //!   that refuse, reset, hang or fail, at once and for a growing time, never more than
 //!   a share of the set ([`SkipEjected`] for the balancers); [`ActiveHealth`] checks
 //!   instances itself (TCP, HTTP, `grpc.health.v1`); with feature `tower`, [`Upstreams`]

@@ -1,7 +1,7 @@
 //! The stored form of a registration: the [`Instance`] JSON plus the registration's
 //! claim on its id, and the decoding of records into view members.
 //!
-//! **One id, one writer** (docs/CONTRACT.md §9). Every [`crate::Registration`] writes a
+//! **One id, one writer** ([contract §9](kvstore_core::contract#9-discovery)). Every [`crate::Registration`] writes a
 //! random token and the revision of its first write (`since`) next to the instance
 //! fields:
 //!

@@ -2,7 +2,7 @@
 //!
 //! [`Registrar::register`] writes the instance record at `services/{service}/{id}` on a
 //! lease kept alive in the background. A background task, owned by the returned
-//! [`Registration`], then guards the registration (docs/CONTRACT.md §9):
+//! [`Registration`], then guards the registration ([contract §9](kvstore_core::contract#9-discovery)):
 //!
 //! - if the lease is lost (expired during an outage, revoked by someone), it registers
 //!   again on a new lease, retrying **forever** with jittered exponential backoff, never
@@ -53,7 +53,7 @@ pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
 /// keep-alive interval (`ttl / 3`), within [`RETRY_MIN_DELAY`] and [`RETRY_MAX_DELAY`].
 /// Retrying as often as a live registration heartbeats costs the registry nothing more
 /// than the provider's normal load, and backing off past the TTL would keep the provider
-/// invisible long after the registry is back (docs/CONTRACT.md §9).
+/// invisible long after the registry is back ([contract §9](kvstore_core::contract#9-discovery)).
 fn retry_max_delay(ttl: Duration) -> Duration {
     (ttl / 3).clamp(RETRY_MIN_DELAY, RETRY_MAX_DELAY)
 }

@@ -1,6 +1,6 @@
 //! # kvstore-memory: the in-memory reference backend
 //!
-//! All of the kvstore contract (docs/CONTRACT.md) in one process, for unit tests and
+//! All of the kvstore contract ([the contract](kvstore_core::contract)) in one process, for unit tests and
 //! single-process programs: revisions, compare-and-swap, leases and TTLs, lossless watches
 //! and fenced locks. Cloned handles share one store.
 //!

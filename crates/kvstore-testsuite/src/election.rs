@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §11: leader election.
+//! [contract §11](kvstore_core::contract#11-leader-election): leader election.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

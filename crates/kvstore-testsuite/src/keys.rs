@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §1: keys and values.
+//! [contract §1](kvstore_core::contract#1-keys-values-and-namespaces): keys and values.
 
 use bytes::Bytes;
 use kvstore_core::{Error, PutOptions};

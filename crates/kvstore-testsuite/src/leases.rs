@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §4: leases and TTL.
+//! [contract §4](kvstore_core::contract#4-leases-and-ttl): leases and TTL.
 
 use std::sync::Arc;
 use std::time::Duration;

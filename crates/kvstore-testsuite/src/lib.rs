@@ -1,6 +1,6 @@
 //! # kvstore-testsuite: the conformance suite, as a library
 //!
-//! docs/CONTRACT.md turned into tests: one `pub async fn` per behaviour, each taking a
+//! [the contract](kvstore_core::contract) turned into tests: one `pub async fn` per behaviour, each taking a
 //! [`Harness`] that opens stores of the backend under test. Every test works under its
 //! own random namespace, so suites can share one server. A backend crate (ours or a third
 //! party's) runs all of it with one macro call:

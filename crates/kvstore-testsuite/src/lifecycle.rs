@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §3 `close()` and §7 errors.
+//! [contract §3](kvstore_core::contract#3-operations) `close()` and §7 errors.
 
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ pub async fn close_makes_every_call_fail_with_closed(harness: &dyn Harness) {
 
 /// Closing the store ends the leases and locks held through it, and says so at once:
 /// `lost()` resolves with `StoreClosed` long before the next keep-alive would have found
-/// out (docs/CONTRACT.md §3, §4), so a lock holder stops acting as one right away.
+/// out ([contract §3](kvstore_core::contract#3-operations), §4), so a lock holder stops acting as one right away.
 pub async fn leases_and_locks_are_lost_at_once_when_the_store_closes(harness: &dyn Harness) {
     // The next keep-alive is a third of this away: far beyond `PROMPTLY`.
     const TTL: Duration = Duration::from_secs(60);

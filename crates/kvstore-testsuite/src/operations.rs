@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §2–§3: revisions, listing, delete_tree and compare-and-swap.
+//! [contract §2–§3](kvstore_core::contract#2-revisions): revisions, listing, delete_tree and compare-and-swap.
 
 use std::time::Duration;
 

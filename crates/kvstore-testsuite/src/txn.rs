@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §10: transactions.
+//! [contract §10](kvstore_core::contract#10-transactions): transactions.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! docs/CONTRACT.md §5: watches.
+//! [contract §5](kvstore_core::contract#5-watch): watches.
 
 use std::sync::Arc;
 

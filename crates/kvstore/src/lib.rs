@@ -1,8 +1,9 @@
-//! # kvstore: one coordination-store API over etcd, Redis and memory
+//! # kvstore: one coordination-store API over etcd, Redis, ZooKeeper and memory
 //!
 //! libkv for Rust: key/value with revisions, compare-and-swap, leases and TTLs, lossless
 //! watches and fenced locks, with the same semantics on every backend (see
-//! [`kvstore_core`] and docs/CONTRACT.md). Pick a backend with a Cargo feature and a URL:
+//! [`kvstore_core`] and [the contract](contract)). Pick a backend with a Cargo feature
+//! and a URL:
 //!
 //! | URL | feature | backend |
 //! |---|---|---|
@@ -39,6 +40,8 @@ pub use kvstore_core::{
 };
 pub use open::{OpenOptions, Opener, open, open_with, register_scheme};
 
+/// The semantics every backend meets (the contract document).
+pub use kvstore_core::contract;
 /// Layers that wrap any store: retry, timeout, key prefix, observability
 /// ([`kvstore_core::layer`]).
 pub use kvstore_core::layer;

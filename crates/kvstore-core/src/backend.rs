@@ -145,11 +145,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
         let grant = Backend::grant_lease(self, ttl).await?;
         let written = Backend::put(self, key, value, condition, Some(grant.id)).await;
         match &written {
-            Ok(_) => Backend::detach_lease(self, grant.id),
-            // Best effort: an unused lease expires by itself anyway.
-            Err(_) => {
+            // A put whose answer was lost may have written the key on this lease:
+            // revoking it would delete what may be live. Left alone, the lease (and
+            // the key, if written) expires after the TTL, as a TTL key does.
+            Err(e) if !e.may_have_applied() => {
+                // Best effort: an unused lease expires by itself anyway.
                 let _ = Backend::revoke_lease(self, grant.id).await;
             }
+            _ => Backend::detach_lease(self, grant.id),
         }
         written
     }

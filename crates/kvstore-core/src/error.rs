@@ -163,6 +163,15 @@ impl Error {
         )
     }
 
+    /// Whether a write that failed with this error may have been applied all the same:
+    /// `true` when the request may have reached the server and only its answer was lost
+    /// or late ([`Error::Unavailable`], [`Error::Timeout`], [`Error::Backend`]). Such a
+    /// write must be neither undone (its key may be live) nor sent again unless it is
+    /// idempotent; read the key to learn its outcome.
+    pub fn may_have_applied(&self) -> bool {
+        self.is_retryable()
+    }
+
     /// The variant's name in snake case (`"key_not_found"`, `"unavailable"`, ...): a
     /// label with few values, for metrics and logs.
     pub fn kind(&self) -> &'static str {

@@ -413,15 +413,21 @@ impl<B: Backend> Store for B {
             *options = PutOptions::with_lease(grant.id);
         }
         let outcome = Backend::txn(self, &txn).await;
-        let kept: Vec<LeaseId> = match &outcome {
-            Ok(response) => txn
-                .branch(response.succeeded)
+        let puts_of = |succeeded: bool| -> Vec<LeaseId> {
+            txn.branch(succeeded)
                 .iter()
                 .filter_map(|op| match op {
                     TxnOp::Put { options, .. } => options.lease,
                     _ => None,
                 })
-                .collect(),
+                .collect()
+        };
+        let kept: Vec<LeaseId> = match &outcome {
+            Ok(response) => puts_of(response.succeeded),
+            // Its answer was lost: either branch may have been applied, and revoking a
+            // lease of the applied one would delete half a transaction. Leases of TTL
+            // puts expire after their TTL anyway.
+            Err(e) if e.may_have_applied() => granted.clone(),
             Err(_) => Vec::new(),
         };
         for lease in granted {

@@ -31,7 +31,7 @@ use crate::pair::KvPair;
 use crate::txn::{Txn, TxnResponse};
 
 pub use crate::lease::LeaseGrant;
-pub use crate::lifecycle::Lifecycle;
+pub use crate::lifecycle::{CLOSE_REVOKES_IN_FLIGHT, Lifecycle};
 pub use crate::retry::backoff;
 pub use crate::store_url::{StoreUrl, invalid as invalid_url, parse_millis};
 pub use crate::watch::{

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::lease::LeaseId;
 
+/// How many leases [`Lifecycle::close_revoking`] revokes at once.
+pub const CLOSE_REVOKES_IN_FLIGHT: usize = 64;
+
 /// Shared by every clone of one backend connection.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
@@ -66,20 +69,38 @@ impl Lifecycle {
         self.leases().drain().collect()
     }
 
-    /// Close as `close()` must ([contract §3](crate::contract#3-operations)): revoke every tracked lease with `revoke`
-    /// (best effort: a lease that cannot be revoked expires after its TTL), then mark
-    /// closed and stop background loops.
+    /// Close as `close()` must ([contract §3](crate::contract#3-operations)): revoke every
+    /// tracked lease with `revoke`, [`CLOSE_REVOKES_IN_FLIGHT`] at a time, then mark
+    /// closed and stop background loops. Best effort: a lease that cannot be revoked
+    /// expires after its TTL; once one revoke finds the server unreachable (an error
+    /// that [`Error::may_have_applied`]), the rest are not tried, so closing against a
+    /// dead server takes about one request timeout, not one per lease.
     pub async fn close_revoking<F, Fut>(&self, revoke: F)
     where
         F: Fn(LeaseId) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
+        use futures::StreamExt as _;
+
         self.closing.cancel();
-        for lease in self.take_leases() {
-            if let Err(error) = revoke(lease).await {
-                tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
-            }
-        }
+        let unreachable = AtomicBool::new(false);
+        futures::stream::iter(self.take_leases())
+            .for_each_concurrent(CLOSE_REVOKES_IN_FLIGHT, |lease| {
+                let revoke = &revoke;
+                let unreachable = &unreachable;
+                async move {
+                    if unreachable.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Err(error) = revoke(lease).await {
+                        if error.may_have_applied() {
+                            unreachable.store(true, Ordering::Release);
+                        }
+                        tracing::debug!(%lease, %error, "revoke on close failed; the lease will expire");
+                    }
+                }
+            })
+            .await;
         self.close();
     }
 

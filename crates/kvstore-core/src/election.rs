@@ -221,32 +221,80 @@ impl Leadership {
     /// [`Error::LockLost`] when this leadership is over (its key was deleted or changed
     /// by someone else); `ValueTooLarge`; the store's errors.
     pub async fn proclaim(&self, value: Bytes) -> Result<KvPair> {
-        let current = self
-            .pair
+        let current = self.current();
+        let written = match self.swap(&current, value.clone()).await {
+            Err(Error::KeyNotFound { .. } | Error::KeyModified { .. }) => {
+                // The key changed under us. If it still holds our lease and our create
+                // revision, the change was ours: an earlier proclaim applied although its
+                // answer was lost. Lead on from what is there.
+                match self.ours_now(&current.key).await? {
+                    Some(now) => self.swap(&now, value).await,
+                    None => Err(self.lost_error()),
+                }
+            }
+            Err(error) if error.may_have_applied() => {
+                // Unknown outcome: learn the key's revision now, so the next proclaim
+                // compares against what is there, not against what was.
+                let _ = self.ours_now(&current.key).await;
+                return Err(error);
+            }
+            other => other,
+        }
+        .map_err(|error| match error {
+            Error::KeyNotFound { .. } | Error::KeyModified { .. } => self.lost_error(),
+            other => other,
+        })?;
+        self.set_current(written.clone());
+        Ok(user_pair(written))
+    }
+
+    fn current(&self) -> KvPair {
+        self.pair
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let written = self
-            .area
-            .atomic_put(
-                &current.key,
-                value,
-                Some(&current),
-                PutOptions::with_lease(self.lease.id()),
-            )
-            .await
-            .map_err(|error| match error {
-                Error::KeyNotFound { .. } | Error::KeyModified { .. } => Error::LockLost {
-                    key: self.name.to_string(),
-                    reason: LeaseLoss::Revoked,
-                },
-                other => other,
-            })?;
+            .clone()
+    }
+
+    fn set_current(&self, pair: KvPair) {
         *self
             .pair
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = written.clone();
-        Ok(user_pair(written))
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pair;
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost {
+            key: self.name.to_string(),
+            reason: LeaseLoss::Revoked,
+        }
+    }
+
+    /// Compare-and-swap the leader's key from `current` to `value`.
+    async fn swap(&self, current: &KvPair, value: Bytes) -> Result<KvPair> {
+        self.area
+            .atomic_put(
+                &current.key,
+                value,
+                Some(current),
+                PutOptions::with_lease(self.lease.id()),
+            )
+            .await
+    }
+
+    /// The leader's key if it is still this leadership's (our lease, our create
+    /// revision), remembered as current; `None` if it is gone or someone else's.
+    async fn ours_now(&self, key: &str) -> Result<Option<KvPair>> {
+        match self.area.get(key).await {
+            Ok(now)
+                if now.lease == Some(self.lease.id())
+                    && now.create_revision == self.fencing_token =>
+            {
+                self.set_current(now.clone());
+                Ok(Some(now))
+            }
+            Ok(_) | Err(Error::KeyNotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Step down (etcd `Resign`): the leader's key is deleted and the next candidate

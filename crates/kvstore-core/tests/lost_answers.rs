@@ -4,9 +4,9 @@
 //! unknown, so a key that was written stays until its TTL and a transaction is never
 //! half undone.
 //!
-//! The backend is the real memory store with one thing changed: writes apply, then
-//! their answer is lost (the caller sees `Unavailable`, as after a connection reset
-//! between the server's commit and its reply).
+//! The backend is the real memory store with one thing changed: while its switch is
+//! on, writes apply, then their answer is lost (the caller sees `Unavailable`, as after
+//! a connection reset between the server's commit and its reply).
 //!
 //! [contract §7]: kvstore_core::contract
 
@@ -15,17 +15,32 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Backend, Condition, LeaseGrant};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kvstore_core::backend::{Backend, Condition, EventBatchStream, LeaseGrant, WatchTarget};
 use kvstore_core::{
-    Capabilities, Error, Key, KvPair, LeaseId, Prefix, PutOptions, Result, Store, Txn, TxnOp,
-    TxnResponse,
+    Capabilities, ElectionOptions, Error, Key, KvPair, LeaseId, Prefix, PutOptions, Result, Store,
+    Txn, TxnOp, TxnResponse, WatchFrom,
 };
 use kvstore_memory::MemoryStore;
+use tokio_util::sync::CancellationToken;
 
-/// The memory store whose write answers are lost after the write applied.
+/// The memory store whose write answers are lost after the write applied, while
+/// `lose` is on.
 #[derive(Clone)]
 struct LostAnswers {
     inner: MemoryStore,
+    lose: Arc<AtomicBool>,
+}
+
+impl LostAnswers {
+    fn answer<T>(&self, operation: &'static str, answer: T) -> Result<T> {
+        if self.lose.load(Ordering::Relaxed) {
+            Err(lost(operation))
+        } else {
+            Ok(answer)
+        }
+    }
 }
 
 fn lost(operation: &'static str) -> Error {
@@ -43,10 +58,19 @@ impl Backend for LostAnswers {
         "lost-answers"
     }
     fn capabilities(&self) -> Capabilities {
-        let mut capabilities = Capabilities::new(Backend::capabilities(&self.inner).max_value_size);
-        capabilities.leases = true;
-        capabilities.transactions = true;
-        capabilities
+        Backend::capabilities(&self.inner)
+    }
+    fn lock_area(&self) -> Option<Self> {
+        Some(LostAnswers {
+            inner: self.inner.lock_area()?,
+            lose: self.lose.clone(),
+        })
+    }
+    async fn watch(&self, target: WatchTarget, from: WatchFrom) -> Result<EventBatchStream> {
+        Backend::watch(&self.inner, target, from).await
+    }
+    fn closing(&self) -> Option<CancellationToken> {
+        Backend::closing(&self.inner)
     }
     async fn get(&self, key: &Key) -> Result<Option<KvPair>> {
         Backend::get(&self.inner, key).await
@@ -61,8 +85,8 @@ impl Backend for LostAnswers {
         condition: Condition,
         lease: Option<LeaseId>,
     ) -> Result<KvPair> {
-        Backend::put(&self.inner, key, value, condition, lease).await?;
-        Err(lost("put"))
+        let written = Backend::put(&self.inner, key, value, condition, lease).await?;
+        self.answer("put", written)
     }
     async fn delete(&self, key: &Key, revision: Option<u64>) -> Result<Option<u64>> {
         Backend::delete(&self.inner, key, revision).await
@@ -80,8 +104,8 @@ impl Backend for LostAnswers {
         Backend::revoke_lease(&self.inner, lease).await
     }
     async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
-        Backend::txn(&self.inner, txn).await?;
-        Err(lost("txn"))
+        let applied = Backend::txn(&self.inner, txn).await?;
+        self.answer("txn", applied)
     }
     async fn close(&self) -> Result<()> {
         Backend::close(&self.inner).await
@@ -90,12 +114,21 @@ impl Backend for LostAnswers {
 
 const TTL: Duration = Duration::from_secs(30);
 
-fn stores() -> (Arc<dyn Store>, Arc<dyn Store>) {
+/// A handle that loses its write answers while the switch is on (on from the start),
+/// and a plain handle on the same data.
+fn switched() -> (Arc<dyn Store>, Arc<dyn Store>, Arc<AtomicBool>) {
     let memory = MemoryStore::new();
+    let lose = Arc::new(AtomicBool::new(true));
     let lossy: Arc<dyn Store> = Arc::new(LostAnswers {
         inner: memory.clone(),
+        lose: lose.clone(),
     });
-    (lossy, Arc::new(memory))
+    (lossy, Arc::new(memory), lose)
+}
+
+fn stores() -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let (lossy, direct, _) = switched();
+    (lossy, direct)
 }
 
 #[tokio::test(start_paused = true)]
@@ -159,4 +192,31 @@ async fn a_ttl_put_that_certainly_failed_writes_nothing() {
     );
     assert!(!outcome.unwrap_err().may_have_applied());
     assert_eq!(direct.get("taken").await.unwrap().value, "x");
+}
+
+/// A leader whose proclaim applied although its answer was lost still leads: the next
+/// proclaim succeeds, observers see it, and `lost()` has not fired (before, it failed
+/// with `LockLost` while the leader still led).
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_proclaim_answer_was_lost_still_proclaims() {
+    let (lossy, _direct, lose) = switched();
+    lose.store(false, Ordering::Relaxed);
+    let election = lossy
+        .new_election("leader", ElectionOptions { ttl: TTL })
+        .unwrap();
+    let leadership = election.campaign(Bytes::from("v1")).await.unwrap();
+
+    lose.store(true, Ordering::Relaxed);
+    let lost_answer = leadership.proclaim(Bytes::from("v2")).await;
+    assert!(
+        matches!(&lost_answer, Err(e) if e.may_have_applied()),
+        "{lost_answer:?}"
+    );
+    lose.store(false, Ordering::Relaxed);
+
+    let pair = leadership.proclaim(Bytes::from("v3")).await.unwrap();
+    assert_eq!(pair.value, "v3");
+    assert_eq!(election.leader().await.unwrap().unwrap().value, "v3");
+    let lost = tokio::time::timeout(Duration::from_millis(1), leadership.lost()).await;
+    assert!(lost.is_err(), "lost() fired: {lost:?}");
 }

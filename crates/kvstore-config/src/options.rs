@@ -19,16 +19,103 @@ impl Format {
     ///
     /// # Errors
     /// What the parser says is wrong (with its position), when the bytes are not UTF-8
-    /// (TOML), or when they do not fit `T`.
+    /// (TOML), or when they do not fit `T`. The message never quotes the value's text
+    /// (which may hold a secret): the parser's quoted strings and variants are replaced
+    /// by `<redacted>`, and TOML's excerpt of the offending line is left out.
     pub fn parse<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
         match self {
-            Format::Json => serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}")),
+            Format::Json => serde_json::from_slice(bytes).map_err(|e| {
+                // serde_json's message ends with "at line L column C".
+                format!("invalid JSON: {}", redacted(&e.to_string()))
+            }),
             Format::Toml => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|e| format!("invalid TOML: not UTF-8: {e}"))?;
-                toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))
+                let text = std::str::from_utf8(bytes).map_err(|e| {
+                    format!("invalid TOML: not UTF-8 after byte {}", e.valid_up_to())
+                })?;
+                toml::from_str(text).map_err(|e| {
+                    let at = e.span().map_or_else(String::new, |span| {
+                        let before = &text[..span.start.min(text.len())];
+                        let line = before.matches('\n').count() + 1;
+                        let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+                        format!(" at line {line} column {column}")
+                    });
+                    format!("invalid TOML: {}{at}", redacted(e.message().trim()))
+                })
             }
         }
+    }
+}
+
+/// `message` with what serde quotes of the input replaced: `"..."` (strings, as in
+/// `invalid type: string "...", expected u16`) and the backticked word after
+/// `variant` (`unknown variant `...``). Field names, which come from the schema, stay.
+fn redacted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[start] as char;
+        let (head, tail) = rest.split_at(start);
+        out.push_str(head);
+        let Some(end) = tail[1..].find(quote) else {
+            out.push_str(tail);
+            return out;
+        };
+        let quoted = &tail[..end + 2];
+        let is_value = quote == '"' || head.trim_end().ends_with("variant");
+        out.push_str(if is_value {
+            if quote == '"' {
+                "\"<redacted>\""
+            } else {
+                "`<redacted>`"
+            }
+        } else {
+            quoted
+        });
+        rest = &tail[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Settings {
+        port: u16,
+        mode: Mode,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    enum Mode {
+        Blue,
+    }
+
+    #[test]
+    fn a_refused_value_is_never_quoted_in_the_reason() {
+        let cases: [(Format, &[u8]); 4] = [
+            (
+                Format::Json,
+                br#"{"port": "hunter2-secret", "mode": "Blue"}"#,
+            ),
+            (Format::Json, br#"{"port": 1, "mode": "hunter2-secret"}"#),
+            (
+                Format::Toml,
+                b"port = \"hunter2-secret\"\nmode = \"Blue\"\n",
+            ),
+            (Format::Toml, b"port = 1\nmode = \"hunter2-secret\"\n"),
+        ];
+        for (format, bytes) in cases {
+            let reason = format.parse::<Settings>(bytes).unwrap_err();
+            assert!(!reason.contains("hunter2"), "{format:?}: {reason}");
+            assert!(reason.contains("line"), "{format:?} says where: {reason}");
+        }
+        let missing = Format::Json
+            .parse::<Settings>(br#"{"mode": "Blue"}"#)
+            .unwrap_err();
+        assert!(missing.contains("`port`"), "field names stay: {missing}");
     }
 }
 

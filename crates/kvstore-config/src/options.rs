@@ -77,48 +77,6 @@ fn redacted(message: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Settings {
-        port: u16,
-        mode: Mode,
-    }
-
-    #[derive(Debug, serde::Deserialize)]
-    enum Mode {
-        Blue,
-    }
-
-    #[test]
-    fn a_refused_value_is_never_quoted_in_the_reason() {
-        let cases: [(Format, &[u8]); 4] = [
-            (
-                Format::Json,
-                br#"{"port": "hunter2-secret", "mode": "Blue"}"#,
-            ),
-            (Format::Json, br#"{"port": 1, "mode": "hunter2-secret"}"#),
-            (
-                Format::Toml,
-                b"port = \"hunter2-secret\"\nmode = \"Blue\"\n",
-            ),
-            (Format::Toml, b"port = 1\nmode = \"hunter2-secret\"\n"),
-        ];
-        for (format, bytes) in cases {
-            let reason = format.parse::<Settings>(bytes).unwrap_err();
-            assert!(!reason.contains("hunter2"), "{format:?}: {reason}");
-            assert!(reason.contains("line"), "{format:?} says where: {reason}");
-        }
-        let missing = Format::Json
-            .parse::<Settings>(br#"{"mode": "Blue"}"#)
-            .unwrap_err();
-        assert!(missing.contains("`port`"), "field names stay: {missing}");
-    }
-}
-
 /// What a missing key (never written, or deleted) means.
 pub enum Missing<T> {
     /// An error at start ([`crate::ConfigError::Missing`]); after start, a deleted key
@@ -213,5 +171,47 @@ impl<T> ConfigOptions<T> {
     ) -> Self {
         self.validator = Some(Arc::new(check));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Settings {
+        port: u16,
+        mode: Mode,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    enum Mode {
+        Blue,
+    }
+
+    #[test]
+    fn a_refused_value_is_never_quoted_in_the_reason() {
+        let cases: [(Format, &[u8]); 4] = [
+            (
+                Format::Json,
+                br#"{"port": "hunter2-secret", "mode": "Blue"}"#,
+            ),
+            (Format::Json, br#"{"port": 1, "mode": "hunter2-secret"}"#),
+            (
+                Format::Toml,
+                b"port = \"hunter2-secret\"\nmode = \"Blue\"\n",
+            ),
+            (Format::Toml, b"port = 1\nmode = \"hunter2-secret\"\n"),
+        ];
+        for (format, bytes) in cases {
+            let reason = format.parse::<Settings>(bytes).unwrap_err();
+            assert!(!reason.contains("hunter2"), "{format:?}: {reason}");
+            assert!(reason.contains("line"), "{format:?} says where: {reason}");
+        }
+        let missing = Format::Json
+            .parse::<Settings>(br#"{"mode": "Blue"}"#)
+            .unwrap_err();
+        assert!(missing.contains("`port`"), "field names stay: {missing}");
     }
 }

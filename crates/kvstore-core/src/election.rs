@@ -129,6 +129,11 @@ impl Election {
     /// # Errors
     /// `ValueTooLarge`; [`Error::LockLost`] if the candidacy's lease ends while waiting;
     /// the store's errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`crate::Locker::lock`]: a dropped campaign leads nothing; its
+    /// lease is revoked in the background (or expires after the TTL), taking its place
+    /// in the queue with it.
     pub async fn campaign(&self, value: Bytes) -> Result<Leadership> {
         let lease = self.store.grant_lease(self.options.ttl).await?;
         let queue = self.queue()?;
@@ -220,6 +225,11 @@ impl Leadership {
     /// # Errors
     /// [`Error::LockLost`] when this leadership is over (its key was deleted or changed
     /// by someone else); `ValueTooLarge`; the store's errors.
+    ///
+    /// # Cancel safety
+    /// A dropped proclaim may have published its value or not (as a dropped
+    /// [`Store::put`]); the leadership is unaffected and the next proclaim works
+    /// either way.
     pub async fn proclaim(&self, value: Bytes) -> Result<KvPair> {
         let current = self.current();
         let written = match self.swap(&current, value.clone()).await {

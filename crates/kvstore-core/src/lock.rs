@@ -85,6 +85,12 @@ impl Locker {
     /// # Errors
     /// [`Error::LockLost`] if the lease ends while waiting; any error of the store
     /// (`Unavailable`, `Closed`, ...).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call holds nothing. Its lease is revoked in the background
+    /// (it expires after the TTL when the store cannot be reached), which deletes its
+    /// waiter key and, if the lock had just been taken, the lock's value, so the next
+    /// waiter gets its turn.
     pub async fn lock(&self) -> Result<LockGuard> {
         let lease = self.store.grant_lease(self.options.ttl).await?;
         let queue = Queue::new(self.area.clone(), LOCK_QUEUES, &self.key)?;

@@ -42,6 +42,11 @@ pub trait Store: Send + Sync + 'static {
     /// `InvalidKey`, `ValueTooLarge`, `InvalidArgument` (both ttl and lease, a zero ttl or one over [`crate::MAX_TTL`]),
     /// `Unsupported` (ttl/lease without lease support), `LeaseLost` (unknown lease), or the
     /// backend's I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not: once the request has
+    /// left, the server applies it whether or not anyone waits for the answer. Read
+    /// the key to learn which. Nothing is undone.
     async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair>;
 
     /// The pair at `key` (libkv `Get`).
@@ -60,6 +65,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `InvalidKey`, or the backend's I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not: once the request has
+    /// left, the server applies it whether or not anyone waits for the answer. Read
+    /// the key to learn which. Nothing is undone.
     async fn delete(&self, key: &str) -> Result<()>;
 
     /// Every pair strictly below `prefix`, recursively, sorted by key; empty when none
@@ -73,6 +83,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `InvalidKey`, or the backend's I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not: once the request has
+    /// left, the server applies it whether or not anyone waits for the answer. Read
+    /// the key to learn which. Nothing is undone.
     async fn delete_tree(&self, prefix: &str) -> Result<()>;
 
     /// Compare-and-swap (libkv `AtomicPut`). With `previous == None` the key is created
@@ -82,6 +97,9 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `KeyExists` (create on a present key), `KeyNotFound` (replace on an absent key),
     /// `KeyModified` (revision differs), plus those of [`Store::put`].
+    ///
+    /// # Cancel safety
+    /// As [`Store::put`]: a dropped call may have applied; nothing is undone.
     async fn atomic_put(
         &self,
         key: &str,
@@ -95,6 +113,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `KeyNotFound` when absent, `KeyModified` when the revision differs, `InvalidKey`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not: once the request has
+    /// left, the server applies it whether or not anyone waits for the answer. Read
+    /// the key to learn which. Nothing is undone.
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()>;
 
     /// libkv `Watch`: the key's current value (`None` if absent: watching a missing key is
@@ -133,8 +156,9 @@ pub trait Store: Send + Sync + 'static {
     /// `InvalidKey`, `InvalidArgument` (a zero TTL or one over [`crate::MAX_TTL`]), `Unsupported` without lock support.
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Locker>;
 
-    /// An [`Election`] named `name` (etcd `concurrency.NewElection`, [the contract](crate::contract)
-    /// §11); nothing is written until [`Election::campaign`].
+    /// An [`Election`] named `name` (etcd `concurrency.NewElection`,
+    /// [contract §11](crate::contract#11-leader-election)); nothing is written until
+    /// [`Election::campaign`].
     ///
     /// # Errors
     /// `InvalidKey` for a malformed name, `InvalidArgument` (a zero TTL or one over
@@ -146,6 +170,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `InvalidArgument` for a zero TTL or one over [`crate::MAX_TTL`], `Unsupported` without lease support, I/O errors.
+    ///
+    /// # Cancel safety
+    /// A dropped call may have granted a lease that no handle holds: it is not kept
+    /// alive, so it expires after `ttl` (and is revoked when this store closes).
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease>;
 
     /// Refresh `lease` once (as `etcdctl lease keep-alive --once`); returns its TTL from
@@ -160,6 +188,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// The backend's I/O errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not: once the request has
+    /// left, the server applies it whether or not anyone waits for the answer. Read
+    /// the key to learn which. Nothing is undone.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 
     /// Apply a transaction (etcd `Txn`, [contract §10](crate::contract#10-transactions)): if every comparison holds,
@@ -170,7 +203,14 @@ pub trait Store: Send + Sync + 'static {
     /// `InvalidArgument` past [`crate::MAX_TXN_OPS`] comparisons or operations in a branch,
     /// for a key written twice in one branch, or for bad put options; `InvalidKey`,
     /// `ValueTooLarge`; `Unsupported` without transaction support; `LeaseLost` for a put
-    /// on an unknown lease; the backend's I/O errors. Nothing is applied on an error.
+    /// on an unknown lease; the backend's I/O errors. Nothing is applied on an error,
+    /// except one that [`Error::may_have_applied`] (the answer was lost): then the
+    /// transaction may have been applied as a whole, and it is not undone.
+    ///
+    /// # Cancel safety
+    /// As [`Store::put`]: a dropped transaction may have been applied, as a whole or
+    /// not at all; the leases granted for its TTL puts are left to expire after their
+    /// TTL.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse>;
 
     /// Stop every background task and revoke this store's leases; every later call
@@ -178,6 +218,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// The backend's I/O errors while revoking.
+    ///
+    /// # Cancel safety
+    /// The store is closing from the first poll: dropping the future leaves it closing,
+    /// the leases not yet revoked expire after their TTLs.
     async fn close(&self) -> Result<()>;
 }
 

@@ -66,8 +66,8 @@ pub async fn lock_bookkeeping_is_invisible(harness: &dyn Harness) {
 }
 
 /// A store whose namespace contains another's (`ns` and `ns/app`) never lists or watches
-/// the inner store's lock bookkeeping: reads return valid keys only ([the contract](kvstore_core::contract)
-/// §1), whatever the backend keeps beside a namespace.
+/// the inner store's lock bookkeeping: reads return valid keys only ([contract §1](kvstore_core::contract#1-keys-values-and-namespaces))
+///, whatever the backend keeps beside a namespace.
 pub async fn nested_namespace_lock_bookkeeping_is_never_read(harness: &dyn Harness) {
     let (namespace, outer) = fresh_store(harness).await;
     if !locks_supported(&outer) {

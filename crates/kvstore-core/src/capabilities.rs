@@ -34,4 +34,16 @@ impl Capabilities {
             transactions: false,
         }
     }
+
+    /// Everything: leases, watches, locks and transactions, values up to
+    /// `max_value_size` bytes (a backend that lacks one switches it off).
+    pub const fn all(max_value_size: usize) -> Capabilities {
+        Capabilities {
+            max_value_size,
+            leases: true,
+            watch: true,
+            locks: true,
+            transactions: true,
+        }
+    }
 }

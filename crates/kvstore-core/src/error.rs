@@ -194,6 +194,20 @@ impl Error {
         }
     }
 
+    /// The server or a script answered something the backend did not expect (a bug, or
+    /// a server it does not know): an [`Error::Backend`] saying `what`.
+    pub fn unexpected(
+        backend: &'static str,
+        operation: &'static str,
+        what: impl Into<String>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            operation,
+            source: what.into().into(),
+        }
+    }
+
     /// Shorthand for an [`Error::InvalidArgument`].
     pub fn invalid_argument(operation: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidArgument {

@@ -309,12 +309,7 @@ impl Backend for MemoryStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut capabilities = Capabilities::new(self.shared.max_value_size);
-        capabilities.leases = true;
-        capabilities.watch = true;
-        capabilities.locks = true;
-        capabilities.transactions = true;
-        capabilities
+        Capabilities::all(self.shared.max_value_size)
     }
 
     fn lock_area(&self) -> Option<Self> {

@@ -53,9 +53,5 @@ pub(crate) fn is_transient(error: &zk::Error) -> bool {
 
 /// The server answered something this crate did not expect: reported as a backend error.
 pub(crate) fn unexpected(operation: &'static str, what: String) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        operation,
-        source: what.into(),
-    }
+    Error::unexpected(BACKEND, operation, what)
 }

@@ -557,10 +557,8 @@ impl Backend for ZooKeeperStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut capabilities = Capabilities::new(self.config.max_value_size);
-        capabilities.leases = true;
-        capabilities.watch = true;
-        capabilities.locks = true;
+        // No transactions yet: ZooKeeper's `multi` could carry them.
+        let mut capabilities = Capabilities::all(self.config.max_value_size);
         capabilities.transactions = false;
         capabilities
     }

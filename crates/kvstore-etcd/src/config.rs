@@ -5,7 +5,7 @@ use std::time::Duration;
 use kvstore_core::backend::{StoreUrl, invalid_url, parse_millis};
 use kvstore_core::{Error, Key, Result};
 
-/// Default time allowed to reach a server when connecting: 5 s (docs/CONTRACT.md §7).
+/// Default time allowed to reach a server when connecting: 5 s ([contract §7](kvstore_core::contract#7-errors)).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default deadline of one request: 10 s.

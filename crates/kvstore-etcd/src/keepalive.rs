@@ -11,7 +11,7 @@
 //!   ID it was asked about.
 //! - Callers asking about a lease whose request is queued but not sent yet share that
 //!   request and its answer. None shares a request sent before it asked: a lease's
-//!   remaining life is counted from when its keep-alive was sent (docs/CONTRACT.md §4),
+//!   remaining life is counted from when its keep-alive was sent ([contract §4](kvstore_core::contract#4-leases-and-ttl)),
 //!   so the answer must come from a renewal after that.
 //! - The stream is opened when there is something to send and none is open. A failed
 //!   open fails every queued request with its error (callers send again what provably

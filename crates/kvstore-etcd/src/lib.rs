@@ -32,13 +32,18 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod keepalive;
+mod lease;
+mod read;
 mod store;
 #[cfg(feature = "tls")]
 mod tls;
+mod txn;
 mod watch;
+mod write;
 
 #[cfg(feature = "tls")]
 pub use config::TlsConfig;

@@ -14,7 +14,9 @@ use kvstore_core::backend::{EventBatchStream, WatchSource, WatchTarget, resuming
 use kvstore_core::{Error, Result, Snapshot, WatchEvent, WatchFrom};
 
 use crate::BACKEND;
-use crate::store::{EtcdStore, Resend, revision};
+use crate::client::Resend;
+use crate::read::revision;
+use crate::store::EtcdStore;
 
 struct Watcher {
     store: EtcdStore,

@@ -17,7 +17,9 @@ use crate::store::{MULTI_MAX_OPS, ZooKeeperStore, revision};
 #[derive(Clone, Debug)]
 pub(crate) struct LogEntry {
     pub revision: u64,
-    pub changes: Vec<Change>,
+    /// `None` when the entry does not decode: its changes cannot be known, which is
+    /// history lost for whoever reads past it.
+    pub changes: Option<Vec<Change>>,
 }
 
 /// The log's entries (names, oldest first), its trim mark and the data's epoch.
@@ -165,10 +167,10 @@ impl ZooKeeperStore {
                 let zk::MultiReadResult::Data { data, stat } = result else {
                     return Ok(None);
                 };
-                let changes = layout::decode_entry(data).unwrap_or_else(|| {
-                    tracing::warn!(entry = %name, "skipping a malformed change log entry");
-                    Vec::new()
-                });
+                let changes = layout::decode_entry(data);
+                if changes.is_none() {
+                    tracing::warn!(entry = %name, "a change log entry does not decode; readers past it resync");
+                }
                 entries.push(LogEntry {
                     revision: revision(stat.czxid),
                     changes,
@@ -178,7 +180,8 @@ impl ZooKeeperStore {
         Ok(Some(entries))
     }
 
-    /// The entries with revisions in `(after, upto]`; `None` when some were trimmed.
+    /// The entries with revisions in `(after, upto]`; `None` when some were trimmed or do
+    /// not decode.
     pub(crate) async fn log_between(&self, after: u64, upto: u64) -> Result<Option<Vec<LogEntry>>> {
         let (listing, _) = self.list_log(false).await?;
         if listing.trimmed_through > after {
@@ -198,6 +201,10 @@ impl ZooKeeperStore {
             if done {
                 break;
             }
+        }
+        // An entry that does not decode is history lost, as a trimmed one.
+        if wanted.iter().any(|e| e.changes.is_none()) {
+            return Ok(None);
         }
         Ok(Some(wanted))
     }

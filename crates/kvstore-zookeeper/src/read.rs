@@ -257,7 +257,7 @@ impl ZooKeeperStore {
                     continue;
                 };
                 for entry in entries {
-                    for change in entry.changes {
+                    for change in entry.changes.unwrap_or_default() {
                         if change.area != self.area || !target.matches(&change.key) {
                             continue;
                         }

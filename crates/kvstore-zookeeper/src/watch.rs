@@ -158,8 +158,16 @@ impl Watcher {
             if entry.revision <= self.position {
                 continue;
             }
+            let Some(changes) = entry.changes else {
+                // Its changes cannot be known: history lost, told as a `Resync` with
+                // the current state (from the next step), never a silent gap.
+                self.pending.clear();
+                self.wake = None;
+                self.start = Start::Resync;
+                return Ok((!batch.is_empty()).then_some(batch));
+            };
             self.position = entry.revision;
-            for change in entry.changes {
+            for change in changes {
                 if change.area != self.store.area || !self.target.matches(&change.key) {
                     continue;
                 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kvstore_core::{Error, PutOptions, Store};
+use kvstore_core::{Error, PutOptions, Store, WatchEvent, WatchFrom};
 use kvstore_testkit::zookeeper::{ZooKeeperServer, shared_zookeeper};
 use kvstore_testsuite::unique_namespace;
 use kvstore_zookeeper::{ZooKeeperConfig, ZooKeeperStore};
@@ -88,5 +88,39 @@ async fn other_credentials_are_refused_with_an_auth_error() {
             assert!(matches!(read, Err(Error::Auth { .. })), "{read:?}");
         }
         Err(other) => panic!("expected Auth, got {other:?}"),
+    }
+}
+
+/// A change-log entry that does not decode (written by another tool, or corrupted) is
+/// history lost: a watcher behind it gets a `Resync` with the current state, never a
+/// silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_change_log_entry_makes_watchers_resync() {
+    let namespace = unique_namespace();
+    let store = store(&namespace).await;
+    store
+        .put("a", Bytes::from("1"), PutOptions::default())
+        .await
+        .unwrap();
+    let mut events = store
+        .watch_prefix_events("", WatchFrom::Snapshot)
+        .await
+        .unwrap();
+    let first = kvstore_testsuite::next_item(&mut events, "the snapshot").await;
+    assert!(matches!(first, WatchEvent::Snapshot(_)), "{first:?}");
+    shared_zookeeper()
+        .zk_cli(&["create", "-s", &format!("/{namespace}/log/e-"), "garbage"])
+        .unwrap();
+    store
+        .put("b", Bytes::from("2"), PutOptions::default())
+        .await
+        .unwrap();
+    let next = kvstore_testsuite::next_item(&mut events, "what follows the bad entry").await;
+    match next {
+        WatchEvent::Resync(snapshot) => {
+            let keys: Vec<&str> = snapshot.pairs.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["a", "b"]);
+        }
+        other => panic!("expected a Resync after the undecodable entry, got {other:?}"),
     }
 }

@@ -301,7 +301,7 @@ async fn redis_raw(
         .into_connection_info()?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(nodelay));
     let config = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(kvstore_redis::DEFAULT_RESPONSE_TIMEOUT));
+        .set_response_timeout(Some(kvstore_redis::DEFAULT_REQUEST_TIMEOUT));
     Ok(redis::Client::open(info)?
         .get_multiplexed_async_connection_with_config(&config)
         .await?)

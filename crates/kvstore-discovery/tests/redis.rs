@@ -49,7 +49,7 @@ async fn watch_fails_instead_of_hanging_when_redis_is_gone() {
     let mut server = RedisServer::start().unwrap();
     let mut config = RedisConfig::new(server.url());
     config.connect_timeout = Duration::from_secs(1);
-    config.response_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(2);
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
     server.kill();
     let discovery = kvstore_discovery::Discovery::new(store);
@@ -73,7 +73,7 @@ async fn put_record(store: &Arc<dyn Store>, id: &str, port: u16) {
 async fn store_on(server: &RedisServer) -> Arc<dyn Store> {
     let mut config = RedisConfig::new(server.url());
     config.connect_timeout = Duration::from_secs(1);
-    config.response_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(2);
     Arc::new(RedisStore::connect(config).await.unwrap())
 }
 

@@ -7,11 +7,11 @@ use kvstore_core::{Error, Key, Result};
 
 use crate::topology::{CLUSTER_SCHEME, SENTINEL_SCHEME, Topology};
 
-/// Default time allowed to connect: 5 s (docs/CONTRACT.md §7).
+/// Default time allowed to connect: 5 s ([contract §7](kvstore_core::contract#7-errors)).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline of one request: 5 s (the redis crate's own default, 500 ms, is too
 /// short for a script that expires many leases).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default namespace: keys live under the hash tag `{kvstore}`.
 pub const DEFAULT_NAMESPACE: &str = "kvstore";
 /// Default approximate length of the change stream (`XADD MAXLEN ~`): how far a watcher
@@ -53,9 +53,14 @@ pub struct RedisConfig {
     /// Time allowed to connect. Default 5 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub connect_timeout: Duration,
-    /// Deadline of each request. Default 5 s.
-    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
-    pub response_timeout: Duration,
+    /// Deadline of each request. Default 5 s. Named `request_timeout` as in the other
+    /// backends and `OpenOptions`; its old name `response_timeout` is still accepted, in
+    /// config files and as a URL option.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", alias = "response_timeout")
+    )]
+    pub request_timeout: Duration,
     /// Approximate length the change stream is trimmed to, in entries (`XADD MAXLEN ~`).
     /// Default 100,000. URL option `stream_max_len`.
     pub stream_max_len: u64,
@@ -74,7 +79,7 @@ pub struct RedisConfig {
     /// replica can lose it (the watchers then resync).
     pub wait_replicas: u32,
     /// How long a write waits for [`RedisConfig::wait_replicas`]. Must be shorter than
-    /// the response timeout. Default [`DEFAULT_WAIT_TIMEOUT`].
+    /// the request timeout. Default [`DEFAULT_WAIT_TIMEOUT`].
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait_timeout: Duration,
     /// Refuse to connect unless the server's `maxmemory-policy` is `noeviction`. An
@@ -104,7 +109,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("namespace", &self.namespace)
             .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("stream_max_len", &self.stream_max_len)
             .field("stream_max_bytes", &self.stream_max_bytes)
             .field("max_value_size", &self.max_value_size)
@@ -124,7 +129,7 @@ impl RedisConfig {
             url: url.into(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stream_max_len: DEFAULT_STREAM_MAX_LEN,
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
@@ -144,7 +149,8 @@ impl RedisConfig {
     /// - `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db][?options]`:
     ///   the primary these Sentinels name for `master`, followed across failovers.
     ///
-    /// Options: `namespace=NAME`, `connect_timeout=MS`, `response_timeout=MS`,
+    /// Options: `namespace=NAME`, `connect_timeout=MS`, `request_timeout=MS` (or
+    /// `response_timeout=MS`, its old name),
     /// `wait_replicas=N` and `wait_timeout=MS` (opt-in durability, see
     /// [`RedisConfig::wait_replicas`]), `require_noeviction=true|false`. The kvstore
     /// options are taken out of the query; `protocol` goes to the redis client (single
@@ -242,7 +248,8 @@ impl RedisConfig {
         match name {
             "namespace" => self.namespace = value.to_owned(),
             "connect_timeout" => self.connect_timeout = millis()?,
-            "response_timeout" => self.response_timeout = millis()?,
+            // `response_timeout` is the old name: URLs written with it keep working.
+            "request_timeout" | "response_timeout" => self.request_timeout = millis()?,
             "wait_timeout" => self.wait_timeout = millis()?,
             "stream_max_len" | "stream_max_bytes" => {
                 let bound = value
@@ -273,22 +280,22 @@ impl RedisConfig {
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid namespace, a zero timeout, or a `wait_timeout` not
-    /// shorter than the response timeout.
+    /// shorter than the request timeout.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::Config { message });
         if Key::new(&self.namespace).is_err() || self.namespace.contains(['{', '}']) {
             return bad(format!("invalid redis namespace {:?}", self.namespace));
         }
-        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return bad("redis timeouts must be greater than zero".into());
         }
         if self.stream_max_len == 0 {
             return bad("stream_max_len must be greater than zero".into());
         }
-        if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
+        if self.wait_replicas > 0 && self.wait_timeout >= self.request_timeout {
             return bad(format!(
-                "wait_timeout ({:?}) must be shorter than response_timeout ({:?})",
-                self.wait_timeout, self.response_timeout
+                "wait_timeout ({:?}) must be shorter than request_timeout ({:?})",
+                self.wait_timeout, self.request_timeout
             ));
         }
         Ok(())
@@ -303,14 +310,28 @@ mod tests {
     #[test]
     fn deserializes_with_defaults_and_readable_durations() {
         let config: RedisConfig = serde_json::from_str(
-            r#"{"url": "redis://h:6379/2", "response_timeout": "750ms", "wait_replicas": 1}"#,
+            r#"{"url": "redis://h:6379/2", "request_timeout": "750ms", "wait_replicas": 1}"#,
         )
         .unwrap();
         assert_eq!(config.url, "redis://h:6379/2");
-        assert_eq!(config.response_timeout, Duration::from_millis(750));
+        assert_eq!(config.request_timeout, Duration::from_millis(750));
         assert_eq!(config.wait_replicas, 1);
         assert_eq!(config.namespace, DEFAULT_NAMESPACE);
         assert!(serde_json::from_str::<RedisConfig>(r#"{"uri": "redis://h"}"#).is_err());
+    }
+
+    /// Config files and URLs written before `response_timeout` became `request_timeout`.
+    #[test]
+    fn the_old_name_of_the_request_timeout_is_accepted() {
+        #[cfg(feature = "serde")]
+        {
+            let config: RedisConfig =
+                serde_json::from_str(r#"{"url": "redis://h", "response_timeout": "750ms"}"#)
+                    .unwrap();
+            assert_eq!(config.request_timeout, Duration::from_millis(750));
+        }
+        let config = RedisConfig::from_url("redis://h:6379?response_timeout=250").unwrap();
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
     }
 
     #[test]

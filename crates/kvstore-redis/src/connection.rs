@@ -5,16 +5,23 @@
 //! request then times out, forever. Here a request that times out or fails on I/O
 //! discards the connection it used, and the next request connects afresh (bounded by the
 //! connect timeout), so a silent server costs one response timeout per connection, not
-//! the store's life (docs/CONTRACT.md §5 "Liveness").
+//! the store's life ([contract §5](kvstore_core::contract#5-watch) "Liveness").
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kvstore_core::{Error, Result};
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+
+use crate::BACKEND;
+use crate::config::RedisConfig;
+use crate::error::from_redis;
+use crate::topology::Topology;
+use crate::watch::WATCH_BLOCK;
 
 /// Idle time before the kernel probes a quiet connection, and between probes: a host
 /// that crashed without a reset is noticed by TCP itself within about
@@ -26,7 +33,7 @@ const KEEPALIVE_RETRIES: u32 = 3;
 
 /// TCP settings for every connection of a store: keep-alive probes, and a user timeout
 /// (`TCP_USER_TIMEOUT`) so data the server never acknowledges fails the connection.
-pub(crate) fn tcp_settings(response_timeout: Duration) -> TcpSettings {
+fn tcp_settings(request_timeout: Duration) -> TcpSettings {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
@@ -34,7 +41,7 @@ pub(crate) fn tcp_settings(response_timeout: Duration) -> TcpSettings {
     TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(keepalive)
-        .set_user_timeout(response_timeout)
+        .set_user_timeout(request_timeout)
 }
 
 /// What connections are made to: one server, the primary Sentinel names (asked again for
@@ -112,15 +119,27 @@ impl redis::aio::ConnectionLike for Link {
 }
 
 impl Endpoint {
+    /// The deployment `config.url` names, with every connection's TCP settings and timeouts.
+    pub(crate) fn open(config: &RedisConfig) -> Result<Endpoint> {
+        let tcp = tcp_settings(config.request_timeout);
+        let target = Topology::parse(&config.url)?.target(config, tcp)?;
+        Ok(Endpoint {
+            target,
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            watch_timeout: WATCH_BLOCK + config.request_timeout,
+        })
+    }
+
     /// A new connection for `purpose`.
     pub(crate) async fn connect(&self, purpose: Purpose) -> RedisResult<Link> {
-        let response_timeout = match purpose {
+        let timeout = match purpose {
             Purpose::Requests => self.request_timeout,
             Purpose::Watch => self.watch_timeout,
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(response_timeout));
+            .set_response_timeout(Some(timeout));
         match &self.target {
             Target::Single(client) => client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -174,6 +193,39 @@ impl Connection {
     /// The shared connection, connecting if there is none.
     pub(crate) async fn link(&self) -> RedisResult<Link> {
         Ok(self.get().await?.1)
+    }
+
+    /// Connect, check that the server answers, and check its eviction policy, all within
+    /// `config.connect_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server does not answer in time; [`Error::Auth`]
+    /// for rejected credentials; [`Error::Config`] for an evicting server when
+    /// [`RedisConfig::require_noeviction`] is set.
+    pub(crate) async fn check(&self, config: &RedisConfig) -> Result<()> {
+        let timeout = config.connect_timeout;
+        let connecting = async {
+            let mut first = self
+                .link()
+                .await
+                .map_err(|e| from_redis("connect", e, timeout))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut first)
+                .await
+                .map_err(|e| from_redis("connect", e, timeout))?;
+            if !self.endpoint.is_cluster() {
+                check_eviction_policy(&mut first, config).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| Error::Unavailable {
+                backend: BACKEND,
+                operation: "connect",
+                message: format!("redis did not answer within {timeout:?}"),
+                source: None,
+            })?
     }
 
     /// Run `request` on the shared connection (connecting first if the last one was
@@ -256,4 +308,34 @@ impl Connection {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Warn about (or, with [`RedisConfig::require_noeviction`], refuse) a server whose
+/// `maxmemory-policy` can evict keys. Servers that forbid `CONFIG` (managed services)
+/// are trusted.
+async fn check_eviction_policy(connection: &mut Link, config: &RedisConfig) -> Result<()> {
+    let policy: Option<(String, String)> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(connection)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "cannot read maxmemory-policy; assuming noeviction");
+            None
+        });
+    let Some((_, policy)) = policy else {
+        return Ok(());
+    };
+    if policy == "noeviction" {
+        return Ok(());
+    }
+    let message = format!(
+        "redis maxmemory-policy is {policy:?}: under memory pressure it can evict kvstore's \
+         keys (values, leases, the revision counter); set it to noeviction"
+    );
+    if config.require_noeviction {
+        return Err(Error::Config { message });
+    }
+    tracing::warn!("{message}");
+    Ok(())
 }

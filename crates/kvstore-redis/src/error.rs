@@ -55,9 +55,5 @@ pub(crate) fn from_redis(operation: &'static str, error: RedisError, timeout: Du
 
 /// A script answered something this crate did not expect: a bug, reported as such.
 pub(crate) fn unexpected(operation: &'static str, what: String) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        operation,
-        source: what.into(),
-    }
+    Error::unexpected(BACKEND, operation, what)
 }

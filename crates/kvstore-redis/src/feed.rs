@@ -11,7 +11,7 @@
 //!
 //! The reader starts with the first subscriber and stops when the last one is gone (or
 //! the store is closed). Its connection reads with a response timeout of
-//! [`crate::WATCH_BLOCK`] + the response timeout, so a silent server is noticed and the
+//! [`crate::WATCH_BLOCK`] + the request timeout, so a silent server is noticed and the
 //! reader reconnects, telling every watcher to check its history again.
 
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Endpoint, Link, Purpose};
+use crate::layout;
+use crate::store::RedisStore;
 use crate::watch::{Decoded, EntryId, READ_COUNT, WATCH_BLOCK, WATCH_CLIENT_NAME, decode};
 
 /// Batches the broadcast keeps for a watcher that is busy; one that falls further behind
@@ -88,6 +90,19 @@ impl Feed {
         *reader = Some(sender.downgrade());
         tokio::spawn(read(source(), from.to_owned(), sender));
         receiver
+    }
+}
+
+impl RedisStore {
+    /// A receiver of the store's shared stream reader (started after stream id `from`
+    /// if none runs).
+    pub(crate) fn subscribe_feed(&self, from: &str) -> broadcast::Receiver<Delivery> {
+        self.feed.subscribe(from, || Source {
+            endpoint: self.endpoint.clone(),
+            stream_key: layout::log(&self.config.namespace),
+            epoch_key: layout::epoch(&self.config.namespace),
+            shutdown: self.lifecycle.shutdown().clone(),
+        })
     }
 }
 

@@ -45,14 +45,14 @@
 //! connection asks for the current primary, and a connection that fails (or is answered
 //! `READONLY` by a demoted primary) is replaced, so the store follows a failover.
 //!
-//! ## Failure model (docs/CONTRACT.md §8 "redis, in production")
+//! ## Failure model ([contract §8](kvstore_core::contract#8-backends) "redis, in production")
 //!
 //! | what happens in production | what the store does |
 //! |---|---|
 //! | restart without persistence (data lost) | the data's epoch changes: watchers `Resync`; lease ids are random 63-bit numbers, so a holder's keep-alive of a lease the server forgot is `LeaseLost` (its `lost()` fires within a keep-alive interval) and never refreshes another client's lease; revisions start again at the server clock in microseconds, above every earlier one, so fencing tokens never go backwards |
 //! | rollback that keeps the epoch (restart from an older RDB/AOF, failover to a lagging replica) | detected when a watcher reconnects: the counter is behind it, or the log entry at its position carries another *tip* (the random id of the call that wrote it); it `Resync`s. Revisions handed out after the rollback point may be handed out again: a fencing token from before a rollback can equal a later one; `wait_replicas` narrows that window |
 //! | a write acknowledged by the primary only, then a failover | may be lost (Redis replication is asynchronous). Opt in to `wait_replicas=N` (`WAIT`): a write is acknowledged only once N replicas have it, `Unavailable` otherwise |
-//! | a server that goes silent (host crash, blackholed network) | requests fail after the response timeout and their connection is replaced; watch connections read with a response timeout of [`WATCH_BLOCK`] + response timeout (7 s by default) and reconnect; TCP keep-alive and `TCP_USER_TIMEOUT` end dead connections too |
+//! | a server that goes silent (host crash, blackholed network) | requests fail after the request timeout and their connection is replaced; watch connections read with a response timeout of [`WATCH_BLOCK`] + request timeout (7 s by default) and reconnect; TCP keep-alive and `TCP_USER_TIMEOUT` end dead connections too |
 //! | eviction (`maxmemory-policy` other than `noeviction`) | warned about at connect (refused with `require_noeviction=true`); an evicted or foreign revision counter, or one behind the change log, is an error before any write, never a reused revision |
 //! | a watcher further behind than the stream keeps | `Resync` to the current state |
 //!
@@ -98,17 +98,22 @@ mod config;
 mod connection;
 mod error;
 mod feed;
-mod range;
+mod layout;
+mod lease;
+mod read;
 mod scripts;
 mod store;
 mod topology;
+mod txn;
 mod watch;
+mod write;
 
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_STREAM_MAX_BYTES, DEFAULT_STREAM_MAX_LEN, DEFAULT_WAIT_TIMEOUT, RedisConfig,
 };
-pub use store::{REAP_INTERVAL, RedisStore};
+pub use lease::REAP_INTERVAL;
+pub use store::RedisStore;
 pub use watch::{WATCH_BLOCK, WATCH_CLIENT_NAME};
 
 /// The backend's name in errors and [`kvstore_core::Store::backend`].

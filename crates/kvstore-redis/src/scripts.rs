@@ -4,8 +4,19 @@
 //! creates its lease inside the put script instead).
 //! `redis::Script` loads each one once and calls it by SHA (`EVALSHA`), loading it again
 //! only if the server answers `NOSCRIPT` (after a restart).
+//!
+//! Also how a script is called: the prelude's arguments first ([`invocation`]), sent
+//! again after a dropped connection only when that is harmless ([`Retry`]), and for a
+//! write the `WAIT` for replicas ([`run_write_script`]).
 
+use kvstore_core::{Error, Result};
 use redis::{Script, Value};
+
+use crate::BACKEND;
+use crate::config::RedisConfig;
+use crate::connection::{Connection, Link};
+use crate::error::from_redis;
+use crate::store::RedisStore;
 
 macro_rules! script {
     ($name:literal) => {
@@ -49,6 +60,149 @@ impl Scripts {
             lease_alive: Script::new(include_str!("../scripts/lease_alive.lua")),
         }
     }
+}
+
+/// Whether a script may run twice without harm, and so be sent again after the
+/// connection dropped under it (see [`Connection::run_idempotent`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads, lease keep-alives and revokes.
+    Idempotent,
+    /// Writes: sent once; a dropped connection is the caller's `Unavailable`.
+    Once,
+}
+
+impl RedisStore {
+    /// Run `script` with the common arguments then `args`.
+    pub(crate) async fn run(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value> {
+        self.lifecycle.ensure_open(BACKEND)?;
+        run_script(
+            &self.connection,
+            &invocation(script, &self.revision_key, &self.config, args),
+            &self.config,
+            (operation, Retry::Idempotent),
+        )
+        .await
+    }
+
+    /// Run a script that writes: as [`RedisStore::run`], then `WAIT` for replicas when
+    /// the configuration asks for durability.
+    pub(crate) async fn run_write(
+        &self,
+        (operation, retry): (&'static str, Retry),
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value> {
+        self.lifecycle.ensure_open(BACKEND)?;
+        run_write_script(
+            &self.connection,
+            &invocation(script, &self.revision_key, &self.config, args),
+            &self.config,
+            (operation, retry),
+        )
+        .await
+    }
+}
+
+/// A fresh random epoch candidate: only the first one of a store's data is kept.
+fn epoch_candidate() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Run a script call on `connection`, sent again after a dropped connection when
+/// `retry` allows it.
+pub(crate) async fn run_script(
+    connection: &Connection,
+    invocation: &redis::ScriptInvocation<'_>,
+    config: &RedisConfig,
+    (operation, retry): (&'static str, Retry),
+) -> Result<Value> {
+    let run = |mut connection: Link| async move { invocation.invoke_async(&mut connection).await };
+    let outcome = match retry {
+        Retry::Idempotent => connection.run_idempotent(run).await,
+        Retry::Once => connection.run(run).await,
+    };
+    outcome.map_err(|e| from_redis(operation, e, config.request_timeout))
+}
+
+/// A call of a script with the prelude: the revision counter as its one key, then the
+/// common arguments (epoch candidate, stream bound), then `args`.
+pub(crate) fn invocation<'a>(
+    script: &'a Script,
+    revision_key: &str,
+    config: &RedisConfig,
+    args: &[&[u8]],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.key(revision_key);
+    // The prelude reads both bounds of the change log from one argument.
+    let bounds = format!("{}:{}", config.stream_max_len, config.stream_max_bytes);
+    invocation.arg(epoch_candidate()).arg(bounds);
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    invocation
+}
+
+/// Run a writing script and, when [`RedisConfig::wait_replicas`] asks for it, `WAIT` for
+/// its replicas in the same pipeline (so on the same connection, right after it): a
+/// write fewer replicas acknowledged is `Unavailable`.
+pub(crate) async fn run_write_script(
+    connection: &Connection,
+    invocation: &redis::ScriptInvocation<'_>,
+    config: &RedisConfig,
+    (operation, retry): (&'static str, Retry),
+) -> Result<Value> {
+    if config.wait_replicas == 0 {
+        return run_script(connection, invocation, config, (operation, retry)).await;
+    }
+    let failed = |e| from_redis(operation, e, config.request_timeout);
+    let wait_ms = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut loaded = false;
+    let (reply, acknowledged): (Value, u32) = loop {
+        let pipeline = &redis::pipe()
+            .invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(config.wait_replicas)
+            .arg(wait_ms)
+            .clone();
+        let outcome = connection
+            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await;
+        match outcome {
+            // A restarted server has forgotten the script: load it, once, and run again.
+            Err(e)
+                if !loaded
+                    && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                connection
+                    .run(|mut connection| async move {
+                        invocation.load_async(&mut connection).await
+                    })
+                    .await
+                    .map_err(failed)?;
+                loaded = true;
+            }
+            other => break other.map_err(failed)?,
+        }
+    };
+    if acknowledged < config.wait_replicas {
+        return Err(Error::Unavailable {
+            backend: BACKEND,
+            operation,
+            message: format!(
+                "the write reached {acknowledged} of {} replicas within {:?}; it is applied \
+                 on the primary but a failover may lose it",
+                config.wait_replicas, config.wait_timeout
+            ),
+            source: None,
+        });
+    }
+    Ok(reply)
 }
 
 /// Reading script replies, which are arrays of strings and integers.

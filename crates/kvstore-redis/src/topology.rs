@@ -10,9 +10,19 @@
 //!
 //! Several hosts are separated by commas, which a plain URL parser refuses, hence this
 //! parser for the two multi-host schemes. User and password may be percent-encoded.
+//!
+//! [`Topology::target`] then builds the redis clients that reach the deployment.
+
+use std::time::Duration;
 
 use kvstore_core::redact_url;
 use kvstore_core::{Error, Result};
+use redis::IntoConnectionInfo;
+use redis::io::tcp::TcpSettings;
+
+use crate::config::RedisConfig;
+use crate::connection::Target;
+use crate::watch::WATCH_BLOCK;
 
 /// A Redis deployment, parsed from a store URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,6 +149,93 @@ impl Topology {
             credentials,
         })
     }
+
+    /// The clients of this deployment, for `config` (parsed into `self`), with the TCP
+    /// settings `tcp` on every connection.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the redis client refuses the URL, quoting it without its
+    /// password.
+    pub(crate) fn target(self, config: &RedisConfig, tcp: TcpSettings) -> Result<Target> {
+        let bad = |e: redis::RedisError| Error::Config {
+            message: format!("invalid redis URL {:?}: {e}", redact_url(&config.url)),
+        };
+        Ok(match self {
+            Topology::Single => Target::Single(open_client(config, tcp).map_err(bad)?),
+            Topology::Sentinel {
+                sentinels,
+                master,
+                db,
+                credentials,
+            } => {
+                let addresses = sentinels
+                    .into_iter()
+                    .map(|(host, port)| redis::ConnectionAddr::Tcp(host, port));
+                let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                    addresses,
+                    master,
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(bad)?
+                .set_client_to_redis_db(db)
+                .set_client_to_redis_tcp_settings(tcp);
+                if let Some(username) = credentials.username {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = credentials.password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                Target::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(bad)?))
+            }
+            Topology::Cluster { nodes, credentials } => {
+                let client = |timeout: Duration| {
+                    let seeds = nodes
+                        .iter()
+                        .map(|(host, port)| format!("redis://{host}:{port}"));
+                    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(timeout)
+                        .tcp_settings(tcp.clone());
+                    if let Some(username) = &credentials.username {
+                        builder = builder.username(username);
+                    }
+                    if let Some(password) = &credentials.password {
+                        builder = builder.password(password);
+                    }
+                    builder.build().map_err(bad)
+                };
+                Target::Cluster {
+                    requests: Box::new(client(config.request_timeout)?),
+                    watches: Box::new(client(WATCH_BLOCK + config.request_timeout)?),
+                }
+            }
+        })
+    }
+}
+
+/// The client of one server, with TLS for `rediss://` (feature `tls`).
+fn open_client(config: &RedisConfig, tcp: TcpSettings) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "tls")]
+    if config.url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; this keeps an existing one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let info = config
+        .url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(tcp);
+    #[cfg(feature = "tls")]
+    if let Some(ca) = &config.ca_pem {
+        return redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        );
+    }
+    redis::Client::open(info)
 }
 
 #[cfg(test)]

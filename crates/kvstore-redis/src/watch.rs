@@ -18,8 +18,8 @@
 //! id of the call that wrote it) than the one the watcher saw.
 //!
 //! A watch connection blocks in `XREAD BLOCK` for [`WATCH_BLOCK`] at a time, and its response
-//! timeout is that plus the store's response timeout: a server that goes silent (host
-//! crash, blackholed network) fails the read within `WATCH_BLOCK + response_timeout` (7 s by
+//! timeout is that plus the store's request timeout: a server that goes silent (host
+//! crash, blackholed network) fails the read within `WATCH_BLOCK + request_timeout` (7 s by
 //! default) and the watch reconnects.
 
 use std::collections::HashMap;
@@ -37,11 +37,12 @@ use tokio::sync::broadcast;
 
 use crate::error::{from_redis, unexpected};
 use crate::feed::Delivery;
+use crate::layout;
 use crate::scripts::Reply;
 use crate::store::RedisStore;
 
 /// How long one `XREAD` of a watch blocks before asking again; a watch connection's
-/// response timeout is this plus the store's response timeout.
+/// response timeout is this plus the store's request timeout.
 pub const WATCH_BLOCK: Duration = Duration::from_secs(2);
 /// Most stream entries read at once.
 pub(crate) const READ_COUNT: usize = 1000;
@@ -428,8 +429,8 @@ impl Watcher {
     /// Read what the feed may not carry with `XRANGE`, until the stream has nothing
     /// newer; then follow the feed.
     async fn catch_up(&mut self) -> Result<Option<Vec<WatchEvent>>> {
-        let epoch_key = format!("{{{}}}:epoch", self.store.config.namespace);
-        let timeout = self.store.config.response_timeout;
+        let epoch_key = layout::epoch(&self.store.config.namespace);
+        let timeout = self.store.config.request_timeout;
         let reading = &redis::pipe()
             .cmd("GET")
             .arg(&epoch_key)

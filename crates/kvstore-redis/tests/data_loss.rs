@@ -20,7 +20,7 @@ async fn connect(url: String, namespace: &str) -> RedisStore {
     let mut config = RedisConfig::new(url);
     config.namespace = namespace.to_owned();
     config.connect_timeout = Duration::from_secs(2);
-    config.response_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(2);
     RedisStore::connect(config).await.unwrap()
 }
 

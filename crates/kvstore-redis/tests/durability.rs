@@ -81,9 +81,9 @@ async fn writes_wait_for_a_replica_and_fail_when_none_acknowledges() {
 }
 
 #[test]
-fn a_wait_timeout_not_shorter_than_the_response_timeout_is_refused() {
+fn a_wait_timeout_not_shorter_than_the_request_timeout_is_refused() {
     let refused = RedisConfig::from_url(
-        "redis://127.0.0.1:6379?wait_replicas=1&wait_timeout=5000&response_timeout=5000",
+        "redis://127.0.0.1:6379?wait_replicas=1&wait_timeout=5000&request_timeout=5000",
     );
     assert!(matches!(refused, Err(Error::Config { .. })), "{refused:?}");
 }

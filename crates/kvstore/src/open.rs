@@ -274,7 +274,7 @@ async fn open_redis(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> 
         config.connect_timeout = timeout;
     }
     if let Some(timeout) = options.request_timeout {
-        config.response_timeout = timeout;
+        config.request_timeout = timeout;
     }
     if let Some((username, password)) = &options.credentials {
         config.set_credentials(username, password)?;

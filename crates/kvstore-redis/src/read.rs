@@ -1,5 +1,5 @@
 //! Reading a key, or everything below a prefix, as one consistent snapshot
-//! (docs/CONTRACT.md §3 "Any size", §5 "No silent loss").
+//! ([contract §3](kvstore_core::contract#3-operations) "Any size", §5 "No silent loss").
 //!
 //! A prefix is read in pages ([`PAGE_KEYS`] keys or [`PAGE_BYTES`] of keys and values,
 //! whichever comes first), each one `range` script call, so a list of 100,000 keys
@@ -15,15 +15,20 @@
 //! another history after a rollback, more than [`MAX_LOG_ENTRIES`] entries) or the data's
 //! epoch changed, the read starts again, at most [`MAX_RESTARTS`] times, then falls back
 //! to reading the whole range in one script call, as before paging.
+//!
+//! A single key outside a watch ([`RedisStore::read_key`]) needs no script: one `HMGET`.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use kvstore_core::backend::WatchTarget;
-use kvstore_core::{KvPair, Prefix, Result, WatchEvent};
+use kvstore_core::{Key, KvPair, LeaseId, Prefix, Result, WatchEvent};
 use redis::Value;
 use redis::streams::StreamRangeReply;
 
+use crate::BACKEND;
 use crate::error::{from_redis, unexpected};
+use crate::layout;
 use crate::scripts::Reply;
 use crate::store::RedisStore;
 use crate::watch::{Decoded, Pending, decode};
@@ -104,6 +109,45 @@ enum Restart {
 }
 
 impl RedisStore {
+    /// A read needs no script: one `HMGET`, and only for a key on a lease a check that
+    /// the lease is still alive by the server's clock, so an expired key is never
+    /// returned even before the reaper has deleted it.
+    pub(crate) async fn read_key(&self, key: &Key) -> Result<Option<KvPair>> {
+        self.lifecycle.ensure_open(BACKEND)?;
+        let timeout = self.config.request_timeout;
+        let read = &redis::cmd("HMGET")
+            .arg(layout::key(&self.config.namespace, self.area, key.as_str()))
+            .arg(&["value", "revision", "create_revision", "lease"])
+            .clone();
+        let (value, revision, create_revision, lease): (
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+        ) = self
+            .connection
+            .run_idempotent(|mut connection| async move { read.query_async(&mut connection).await })
+            .await
+            .map_err(|e| from_redis("get", e, timeout))?;
+        let (Some(value), Some(revision), Some(create_revision)) =
+            (value, revision, create_revision)
+        else {
+            return Ok(None);
+        };
+        if let Some(lease) = lease
+            && !self.lease_alive("get", lease).await?
+        {
+            return Ok(None);
+        }
+        Ok(Some(KvPair {
+            key: key.to_string(),
+            value: Bytes::from(value),
+            revision,
+            create_revision,
+            lease: lease.map(LeaseId),
+        }))
+    }
+
     /// Read a key, or everything below a prefix, as of one revision: the pairs, that
     /// revision, its tip and the data's epoch. A prefix is read in pages (module docs).
     pub(crate) async fn read(&self, target: &WatchTarget) -> Result<RangeRead> {
@@ -218,7 +262,7 @@ impl RedisStore {
         last_read: &str,
         changed: &mut BTreeMap<String, Option<KvPair>>,
     ) -> Result<std::result::Result<usize, Restart>> {
-        let timeout = self.config.response_timeout;
+        let timeout = self.config.request_timeout;
         let stream = self.stream_key();
         let end = format!("{to}-{}", u64::MAX);
         let mut first = format!("({}-{}", from.revision, u64::MAX);
@@ -344,7 +388,20 @@ fn parse_page(reply: &Value) -> Option<Page> {
         epoch: items.get(1)?.text()?,
         tip: items.get(2)?.text()?,
         next: (!next.is_empty()).then_some(next),
-        pairs: items.iter().skip(4).filter_map(RedisStore::pair).collect(),
+        pairs: items.iter().skip(4).filter_map(parse_pair).collect(),
+    })
+}
+
+/// A pair from a script's `{key, value, revision, create_revision, lease}`.
+fn parse_pair(value: &Value) -> Option<KvPair> {
+    let items = value.items()?;
+    let lease = items.get(4)?.int().filter(|l| *l != 0).map(LeaseId);
+    Some(KvPair {
+        key: items.first()?.text()?,
+        value: Bytes::from(items.get(1)?.bytes()?),
+        revision: u64::try_from(items.get(2)?.int()?).ok()?,
+        create_revision: u64::try_from(items.get(3)?.int()?).ok()?,
+        lease,
     })
 }
 

@@ -96,12 +96,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// handle can address (a sibling of its namespace). The lock recipe keeps its waiter
     /// keys there so they are invisible to `get`/`list`/`watch_tree` ([contract §6](crate::contract#6-locks)).
     /// `None` (the default) for a backend without locks.
+    ///
+    /// Requires [`Capabilities::locks`]: a backend that claims locks returns `Some`.
     fn lock_area(&self) -> Option<Self> {
         None
     }
 
     /// Create a lease of at least `ttl` (rounded up to the backend's granularity).
     /// Default: [`crate::Error::Unsupported`].
+    ///
+    /// Requires [`Capabilities::leases`] (core calls it only then).
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseGrant> {
         let _ = ttl;
         Err(unsupported(self, "grant_lease"))
@@ -110,6 +114,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Refresh `lease` once; returns its TTL from now. A lease that no longer exists is
     /// [`crate::Error::LeaseLost`] with [`crate::LeaseLoss::Expired`].
     /// Default: [`crate::Error::Unsupported`].
+    ///
+    /// Requires [`Capabilities::leases`].
     async fn keep_alive_lease(&self, lease: LeaseId) -> Result<Duration> {
         let _ = lease;
         Err(unsupported(self, "keep_alive_lease"))
@@ -117,6 +123,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// End `lease` now, deleting its keys at one revision. Revoking a lease that no
     /// longer exists succeeds. Default: [`crate::Error::Unsupported`].
+    ///
+    /// Requires [`Capabilities::leases`].
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         let _ = lease;
         Err(unsupported(self, "revoke_lease"))
@@ -132,9 +140,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ///
     /// The default is two round trips: [`Backend::grant_lease`], [`Backend::put`] on
     /// the new lease, then [`Backend::detach_lease`] on success or a best-effort
-    /// [`Backend::revoke_lease`] on failure. A backend that can create the lease and
+    /// [`Backend::revoke_lease`] on a definite failure. A backend that can create the lease and
     /// write the key in one request (Redis: one script) overrides it; that is exact
-    /// because the lease id is not visible to anyone until the put returns.
+    /// because the lease id is not visible to anyone until the put returns. A put whose
+    /// outcome is unknown ([`crate::Error::may_have_applied`]) keeps its lease: the key
+    /// may be live, and lease and key expire after `ttl`.
+    ///
+    /// Requires [`Capabilities::leases`].
     async fn put_with_ttl(
         &self,
         key: &Key,
@@ -171,6 +183,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// and deliver its writes to watchers as one batch. Core has validated it: keys are
     /// normalised, sizes and limits checked, no key written twice in a branch, and TTL
     /// puts turned into leases (no `ttl` remains). Default: [`crate::Error::Unsupported`].
+    ///
+    /// Requires [`Capabilities::transactions`].
     async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
         let _ = txn;
         Err(unsupported(self, "txn"))
@@ -182,6 +196,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// history was lost. It resumes by itself after a dropped connection ([`resuming`]
     /// does that part) and ends only when dropped or when the store is closed.
     /// Default: [`crate::Error::Unsupported`].
+    ///
+    /// Requires [`Capabilities::watch`].
     async fn watch(&self, target: WatchTarget, from: crate::WatchFrom) -> Result<EventBatchStream> {
         let _ = (target, from);
         Err(unsupported(self, "watch"))

@@ -16,11 +16,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_NAMESPACE: &str = "kvstore";
 /// Default approximate length of the change stream (`XADD MAXLEN ~`): how far a watcher
 /// may fall behind before it gets a `Resync`.
-pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
+pub const DEFAULT_HISTORY_CAPACITY: usize = 100_000;
 /// Default approximate size in bytes the change stream is trimmed to: 64 MiB. Each entry
-/// holds its value, so with large values this bound, not [`DEFAULT_STREAM_MAX_LEN`],
+/// holds its value, so with large values this bound, not [`DEFAULT_HISTORY_CAPACITY`],
 /// decides how far a watcher may fall behind before it gets a `Resync`.
-pub const DEFAULT_STREAM_MAX_BYTES: u64 = 64 << 20;
+pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 64 << 20;
 /// Default largest value: 1.5 MiB, as etcd, so code moves between backends unchanged.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1536 * 1024;
 /// Default time a write waits for its replicas when [`RedisConfig::wait_replicas`] is
@@ -62,13 +62,15 @@ pub struct RedisConfig {
     )]
     pub request_timeout: Duration,
     /// Approximate length the change stream is trimmed to, in entries (`XADD MAXLEN ~`).
-    /// Default 100,000. URL option `stream_max_len`.
-    pub stream_max_len: u64,
+    /// Default 100,000. URL option `history_capacity`.
+    #[cfg_attr(feature = "serde", serde(alias = "stream_max_len"))]
+    pub history_capacity: usize,
     /// Approximate size the change stream is trimmed to, in bytes of server memory (as
     /// `MEMORY USAGE` estimates it, checked every 32nd revision); 0 for no bound in
-    /// bytes. Default [`DEFAULT_STREAM_MAX_BYTES`] (64 MiB). URL option
-    /// `stream_max_bytes`.
-    pub stream_max_bytes: u64,
+    /// bytes. Default [`DEFAULT_HISTORY_MAX_BYTES`] (64 MiB). URL option
+    /// `history_max_bytes`.
+    #[cfg_attr(feature = "serde", serde(alias = "stream_max_bytes"))]
+    pub history_max_bytes: u64,
     /// Largest value accepted, in bytes. Default 1.5 MiB.
     pub max_value_size: usize,
     /// Opt-in durability: after every write (puts, deletes, lease grants, keep-alives and
@@ -110,8 +112,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("namespace", &self.namespace)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("stream_max_len", &self.stream_max_len)
-            .field("stream_max_bytes", &self.stream_max_bytes)
+            .field("history_capacity", &self.history_capacity)
+            .field("history_max_bytes", &self.history_max_bytes)
             .field("max_value_size", &self.max_value_size)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
@@ -130,8 +132,8 @@ impl RedisConfig {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            stream_max_len: DEFAULT_STREAM_MAX_LEN,
-            stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
+            history_capacity: DEFAULT_HISTORY_CAPACITY,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
@@ -251,15 +253,16 @@ impl RedisConfig {
             // `response_timeout` is the old name: URLs written with it keep working.
             "request_timeout" | "response_timeout" => self.request_timeout = millis()?,
             "wait_timeout" => self.wait_timeout = millis()?,
-            "stream_max_len" | "stream_max_bytes" => {
-                let bound = value
+            // `stream_max_len` and `stream_max_bytes` are the old names.
+            "history_capacity" | "stream_max_len" => {
+                self.history_capacity = value
                     .parse()
                     .map_err(|_| format!("{name} must be a count, got {value:?}"))?;
-                if name == "stream_max_len" {
-                    self.stream_max_len = bound;
-                } else {
-                    self.stream_max_bytes = bound;
-                }
+            }
+            "history_max_bytes" | "stream_max_bytes" => {
+                self.history_max_bytes = value
+                    .parse()
+                    .map_err(|_| format!("{name} must be a count, got {value:?}"))?;
             }
             "wait_replicas" => {
                 self.wait_replicas = value
@@ -289,8 +292,8 @@ impl RedisConfig {
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return bad("redis timeouts must be greater than zero".into());
         }
-        if self.stream_max_len == 0 {
-            return bad("stream_max_len must be greater than zero".into());
+        if self.history_capacity == 0 {
+            return bad("history_capacity must be greater than zero".into());
         }
         if self.wait_replicas > 0 && self.wait_timeout >= self.request_timeout {
             return bad(format!(
@@ -381,16 +384,17 @@ mod tests {
 
     #[test]
     fn the_change_log_bounds_are_url_options() {
-        let config =
-            RedisConfig::from_url("redis://h:6379/0?stream_max_len=5000&stream_max_bytes=1048576")
-                .unwrap();
+        let config = RedisConfig::from_url(
+            "redis://h:6379/0?history_capacity=5000&history_max_bytes=1048576",
+        )
+        .unwrap();
         assert_eq!(config.url, "redis://h:6379/0");
         assert_eq!(
-            (config.stream_max_len, config.stream_max_bytes),
+            (config.history_capacity, config.history_max_bytes),
             (5000, 1 << 20)
         );
         let defaults = RedisConfig::from_url("redis://h:6379/0").unwrap();
-        assert_eq!(defaults.stream_max_bytes, DEFAULT_STREAM_MAX_BYTES);
+        assert_eq!(defaults.history_max_bytes, DEFAULT_HISTORY_MAX_BYTES);
     }
 
     #[test]
@@ -401,8 +405,8 @@ mod tests {
             ("redis://h:6379/zero", "database number"),
             ("redis://h:6379?colour=1", "colour"),
             ("redis://h:6379?namespace={x}", "namespace"),
-            ("redis://h:6379?stream_max_len=0", "stream_max_len"),
-            ("redis://h:6379?stream_max_bytes=lots", "stream_max_bytes"),
+            ("redis://h:6379?history_capacity=0", "history_capacity"),
+            ("redis://h:6379?history_max_bytes=lots", "history_max_bytes"),
         ] {
             match RedisConfig::from_url(url) {
                 Err(Error::Config { message }) => {

@@ -60,8 +60,8 @@
 //! trimmed entry at the watcher's position (the tip cannot be compared); values written
 //! between a primary's last replication and its failure when `wait_replicas` is 0.
 //!
-//! The stream is bounded in entries (`stream_max_len`, default 100,000) and in bytes of
-//! server memory (`stream_max_bytes`, default 64 MiB), both approximately: each entry
+//! The stream is bounded in entries (`history_capacity`, default 100,000) and in bytes of
+//! server memory (`history_max_bytes`, default 64 MiB), both approximately: each entry
 //! holds its value, so with values of 1 KiB and more the bound in bytes is the one that
 //! trims (about 55,000 entries of 1 KiB at the default). A watcher further behind than
 //! the stream keeps gets a `Resync`.
@@ -109,8 +109,9 @@ mod watch;
 mod write;
 
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_STREAM_MAX_BYTES, DEFAULT_STREAM_MAX_LEN, DEFAULT_WAIT_TIMEOUT, RedisConfig,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_MAX_BYTES,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT_TIMEOUT,
+    RedisConfig,
 };
 pub use lease::REAP_INTERVAL;
 pub use store::RedisStore;

@@ -473,10 +473,10 @@ mod tests {
         );
     }
 
-    async fn store(stream_max_len: u64) -> RedisStore {
+    async fn store(history_capacity: usize) -> RedisStore {
         let mut config = RedisConfig::new(shared_redis().url());
         config.namespace = unique_namespace();
-        config.stream_max_len = stream_max_len;
+        config.history_capacity = history_capacity;
         RedisStore::connect(config).await.unwrap()
     }
 

@@ -140,7 +140,7 @@ pub(crate) fn invocation<'a>(
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(revision_key);
     // The prelude reads both bounds of the change log from one argument.
-    let bounds = format!("{}:{}", config.stream_max_len, config.stream_max_bytes);
+    let bounds = format!("{}:{}", config.history_capacity, config.history_max_bytes);
     invocation.arg(epoch_candidate()).arg(bounds);
     for arg in args {
         invocation.arg(*arg);

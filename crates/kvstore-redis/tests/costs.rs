@@ -21,7 +21,7 @@ const ADMIN: &str = "kvstore-test-admin";
 async fn connect(url: String) -> RedisStore {
     let mut config = RedisConfig::new(url);
     config.namespace = unique_namespace();
-    config.stream_max_bytes = 0;
+    config.history_max_bytes = 0;
     RedisStore::connect(config).await.unwrap()
 }
 

@@ -236,7 +236,7 @@ async fn a_revision_larger_than_the_stream_bound_yields_resync() {
     let server = RedisServer::start_with(&["--stream-node-max-entries", "2"]).unwrap();
     let mut config = RedisConfig::new(server.url());
     config.namespace = unique_namespace();
-    config.stream_max_len = 10;
+    config.history_capacity = 10;
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
     let mut events = store
         .watch_prefix_events("bulk", WatchFrom::Snapshot)
@@ -269,7 +269,7 @@ async fn the_change_log_is_trimmed_to_its_bound_in_bytes() {
     let server = RedisServer::start().unwrap();
     let mut config = RedisConfig::new(server.url());
     config.namespace = unique_namespace();
-    config.stream_max_bytes = BOUND;
+    config.history_max_bytes = BOUND;
     let redis_store = RedisStore::connect(config).await.unwrap();
     let stream = redis_store.stream_key();
     let store: Arc<dyn Store> = Arc::new(redis_store);
@@ -334,7 +334,7 @@ async fn writes_apply_whole_on_a_server_without_memory_usage() {
     let mut config = RedisConfig::new(server.url());
     config.namespace = unique_namespace();
     // Small enough that the check would trim, if it could measure.
-    config.stream_max_bytes = 1024;
+    config.history_max_bytes = 1024;
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config).await.unwrap());
     let mut events = store
         .watch_prefix_events("k", WatchFrom::Snapshot)

@@ -21,7 +21,7 @@ pub const DEFAULT_NAMESPACE: &str = "kvstore";
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 480 * 1024;
 /// Default number of change-log entries kept (one per operation): how far a watcher may
 /// fall behind before it gets a `Resync`.
-pub const DEFAULT_LOG_MAX_LEN: usize = 10_000;
+pub const DEFAULT_HISTORY_CAPACITY: usize = 10_000;
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "zookeeper";
@@ -63,7 +63,8 @@ pub struct ZooKeeperConfig {
     /// whose `jute.maxbuffer` is larger than 1 MiB (to at most half of it, less 32 KiB).
     pub max_value_size: usize,
     /// Change-log entries kept. Default 10,000.
-    pub log_max_len: usize,
+    #[cfg_attr(feature = "serde", serde(alias = "log_max_len"))]
+    pub history_capacity: usize,
 }
 
 impl std::fmt::Debug for ZooKeeperConfig {
@@ -79,7 +80,7 @@ impl std::fmt::Debug for ZooKeeperConfig {
             .field("request_timeout", &self.request_timeout)
             .field("session_timeout", &self.session_timeout)
             .field("max_value_size", &self.max_value_size)
-            .field("log_max_len", &self.log_max_len)
+            .field("history_capacity", &self.history_capacity)
             .finish()
     }
 }
@@ -102,7 +103,7 @@ impl ZooKeeperConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
-            log_max_len: DEFAULT_LOG_MAX_LEN,
+            history_capacity: DEFAULT_HISTORY_CAPACITY,
         }
     }
 
@@ -111,7 +112,7 @@ impl ZooKeeperConfig {
     /// The path is the namespace (default [`DEFAULT_NAMESPACE`]); user and password are
     /// percent-decoded and used for `digest` authentication. Options:
     /// `connect_timeout=MS`, `request_timeout=MS`, `session_timeout=MS`,
-    /// `log_max_len=N`, `max_value_size=BYTES`, `namespace=NAME` (instead of the path).
+    /// `history_capacity=N`, `max_value_size=BYTES`, `namespace=NAME` (instead of the path).
     ///
     /// # Errors
     /// [`Error::Config`] naming the malformed part, quoting the URL without its password
@@ -143,8 +144,9 @@ impl ZooKeeperConfig {
             "connect_timeout" => self.connect_timeout = parse_millis(name, value)?,
             "request_timeout" => self.request_timeout = parse_millis(name, value)?,
             "session_timeout" => self.session_timeout = parse_millis(name, value)?,
-            "log_max_len" => {
-                self.log_max_len = usize::try_from(number()?).map_err(|e| e.to_string())?;
+            // `log_max_len` is the old name.
+            "history_capacity" | "log_max_len" => {
+                self.history_capacity = usize::try_from(number()?).map_err(|e| e.to_string())?;
             }
             "max_value_size" => {
                 self.max_value_size = usize::try_from(number()?).map_err(|e| e.to_string())?;
@@ -183,8 +185,8 @@ impl ZooKeeperConfig {
         {
             return bad("zookeeper timeouts must be greater than zero".into());
         }
-        if self.log_max_len == 0 {
-            return bad("log_max_len must be at least 1".into());
+        if self.history_capacity == 0 {
+            return bad("history_capacity must be at least 1".into());
         }
         Ok(())
     }
@@ -208,13 +210,13 @@ mod tests {
     #[test]
     fn urls_name_hosts_namespace_and_options() {
         let config = ZooKeeperConfig::from_url(
-            "zookeeper://h1:2181,h2:2182/app/prod?request_timeout=250&log_max_len=7",
+            "zookeeper://h1:2181,h2:2182/app/prod?request_timeout=250&history_capacity=7",
         )
         .unwrap();
         assert_eq!(config.hosts, "h1:2181,h2:2182");
         assert_eq!(config.namespace, "app/prod");
         assert_eq!(config.request_timeout, Duration::from_millis(250));
-        assert_eq!(config.log_max_len, 7);
+        assert_eq!(config.history_capacity, 7);
         let default = ZooKeeperConfig::from_url("zookeeper://127.0.0.1:2181").unwrap();
         assert_eq!(default.namespace, DEFAULT_NAMESPACE);
         assert!(default.credentials.is_none());

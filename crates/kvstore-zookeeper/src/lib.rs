@@ -64,9 +64,9 @@
 //!   keys) are deleted in several `multi`s, each its own revision. Watchers still see
 //!   every delete, but over several revisions, and a reader may see the subtree partly
 //!   deleted.
-//! - **The change log** keeps [`DEFAULT_LOG_MAX_LEN`] entries (one per operation, each
-//!   with its values: up to `log_max_len × (value + key + ~50 B)` bytes of the
-//!   ensemble's memory; lower `log_max_len` for large values). Entry names use the log
+//! - **The change log** keeps [`DEFAULT_HISTORY_CAPACITY`] entries (one per operation, each
+//!   with its values: up to `history_capacity × (value + key + ~50 B)` bytes of the
+//!   ensemble's memory; lower `history_capacity` for large values). Entry names use the log
 //!   znode's 32-bit child counter, which also counts trims: after about a billion writes
 //!   to one namespace it wraps. Then delete `/{ns}/log` (and its entries) by hand: the
 //!   store recreates it and every watcher resyncs.
@@ -112,7 +112,7 @@ mod store;
 mod watch;
 
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_LEN, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY_CAPACITY, DEFAULT_MAX_VALUE_SIZE, DEFAULT_NAMESPACE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_SESSION_TIMEOUT, SCHEME, ZooKeeperConfig,
 };
 pub use store::{REAP_INTERVAL, ZooKeeperStore};

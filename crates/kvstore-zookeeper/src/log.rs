@@ -1,6 +1,6 @@
 //! The change log: one sequential znode per operation under `/{ns}/log`, written in
 //! the operation's `multi`, so it holds every change in revision order. An entry's
-//! revision is its `czxid`. The reaper trims the oldest entries beyond `log_max_len`
+//! revision is its `czxid`. The reaper trims the oldest entries beyond `history_capacity`
 //! and records the revision of the newest entry it removed (the *trim mark*) as the log
 //! znode's data, in the same `multi`: a reader positioned before the mark has lost
 //! history and resyncs.

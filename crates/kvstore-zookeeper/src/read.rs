@@ -297,7 +297,7 @@ impl ZooKeeperStore {
             operation: OPERATION,
             source: format!(
                 "no consistent snapshot in {SNAPSHOT_ATTEMPTS} attempts: the change log is \
-                 trimmed faster than a snapshot is read (raise log_max_len)"
+                 trimmed faster than a snapshot is read (raise history_capacity)"
             )
             .into(),
         })

@@ -108,7 +108,7 @@ impl ZooKeeperStore {
             async move {
                 let work = async {
                     reaper.reap_leases().await?;
-                    reaper.trim_log(reaper.config.log_max_len).await
+                    reaper.trim_log(reaper.config.history_capacity).await
                 };
                 if let Err(error) = reaper.bounded("reap", work).await {
                     tracing::debug!(%error, "zookeeper reaper failed; retrying");

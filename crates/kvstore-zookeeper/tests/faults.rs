@@ -130,7 +130,7 @@ async fn an_unreachable_ensemble_is_unavailable_within_the_connect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_trimmed_past_a_watcher_that_fell_behind_yields_resync() {
     let mut config = config(shared_zookeeper().address(), &unique_namespace());
-    config.log_max_len = 5;
+    config.history_capacity = 5;
     let store = Arc::new(ZooKeeperStore::connect(config).await.unwrap());
     let dyn_store: Arc<dyn Store> = store.clone();
     let mut events = dyn_store

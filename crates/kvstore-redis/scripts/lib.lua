@@ -3,7 +3,8 @@
 -- KEYS[1] is the store's revision counter "{ns}:rev". Every other key of the store has
 -- the same "{ns}:" prefix, so on Redis Cluster they all live in the hash slot of "{ns}".
 -- ARGV[1] is a fresh random id of this call (epoch candidate, and the "tip" stamped on
--- the change log entries it writes), ARGV[2] the bounds of the change log, "entries:bytes".
+-- the change log entries it writes), ARGV[2] the bounds of the change log and how long a
+-- write's answer is remembered, "entries:bytes:once_ms".
 --
 -- Numbers: revisions start at the server's clock in microseconds (about 1.8e15), above
 -- Lua's 14-digit default formatting, so every such number passed to redis.call or joined
@@ -31,6 +32,7 @@
 --   {ns}:lease-ttl           hash: lease id -> TTL (ms)
 --   {ns}:lease-next          exists while no lease is due (see the end of this file)
 --   {ns}:lease:<id>          set of "<area>\0<key>" attached to the lease
+--   {ns}:once:<call id>      a write's answer, for a resend of the same call (Cluster)
 
 local P = string.sub(KEYS[1], 1, -4)
 local REV = KEYS[1]
@@ -40,8 +42,26 @@ local LEASES = P .. 'leases'
 local LEASE_TTL = P .. 'lease-ttl'
 local EPOCH_CANDIDATE = ARGV[1]
 -- The change log's bounds, 'entries:bytes' (bytes 0: no bound in bytes).
-local MAXLEN, MAXBYTES = string.match(ARGV[2], '^(%d+):(%d+)$')
+local MAXLEN, MAXBYTES, ONCE_MS = string.match(ARGV[2], '^(%d+):(%d+):?(%d*)$')
 MAXBYTES = tonumber(MAXBYTES)
+
+-- Exactly once (Redis Cluster, whose client sends a script again after its connection
+-- is reset): a write script remembers its answer under this call's id (ARGV[1], the same
+-- in every send of one call) for ONCE_MS ms, and a send that finds it answers it again
+-- instead of writing twice. ONCE_MS 0 or absent: nothing is remembered. cmsgpack keeps
+-- 16-digit revisions exact (cjson would round them to 14 digits).
+ONCE_MS = tonumber(ONCE_MS) or 0
+local ONCE = P .. 'once:' .. EPOCH_CANDIDATE
+local function remembered()
+  if ONCE_MS == 0 then return nil end
+  local answer = redis.call('GET', ONCE)
+  if answer then return cmsgpack.unpack(answer) end
+  return nil
+end
+local function remember(answer)
+  if ONCE_MS > 0 then redis.call('SET', ONCE, cmsgpack.pack(answer), 'PX', ONCE_MS) end
+  return answer
+end
 
 local function int(n) return string.format('%d', n) end
 

@@ -180,6 +180,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Whether this is a Redis Cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.endpoint.is_cluster()
+    }
+
     /// A connection holder for `endpoint`; the first request connects.
     pub(crate) fn new(endpoint: Arc<Endpoint>) -> Connection {
         Connection {

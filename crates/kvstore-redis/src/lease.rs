@@ -62,7 +62,7 @@ impl RedisStore {
             async move {
                 let reaped = run_script(
                     &connection,
-                    &invocation(&scripts.reap, &revision_key, &config, &[]),
+                    &invocation(&scripts.reap, &revision_key, &config, 0, &[]),
                     &config,
                     ("reap", Retry::Idempotent),
                 )

@@ -28,6 +28,19 @@ macro_rules! script {
     };
 }
 
+/// A script that writes: the prelude, then its body as a function whose answer is
+/// remembered for a resend of the same call (see `remembered` in `scripts/lib.lua`).
+macro_rules! write_script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("../scripts/lib.lua"),
+            "\nlocal answer = remembered()\nif answer then return answer end\nlocal function body()\n",
+            include_str!(concat!("../scripts/", $name, ".lua")),
+            "\nend\nreturn remember(body())\n"
+        ))
+    };
+}
+
 /// Every script of the backend.
 pub(crate) struct Scripts {
     pub range: Script,
@@ -49,13 +62,13 @@ impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
             range: script!("range"),
-            put: script!("put"),
-            delete: script!("delete"),
-            delete_prefix: script!("delete_prefix"),
+            put: write_script!("put"),
+            delete: write_script!("delete"),
+            delete_prefix: write_script!("delete_prefix"),
             lease_grant: Script::new(include_str!("../scripts/lease_grant.lua")),
             lease_keep_alive: script!("lease_keep_alive"),
             lease_revoke: script!("lease_revoke"),
-            txn: script!("txn"),
+            txn: write_script!("txn"),
             reap: script!("reap"),
             lease_alive: Script::new(include_str!("../scripts/lease_alive.lua")),
         }
@@ -83,7 +96,7 @@ impl RedisStore {
         self.lifecycle.ensure_open(BACKEND)?;
         run_script(
             &self.connection,
-            &invocation(script, &self.revision_key, &self.config, args),
+            &invocation(script, &self.revision_key, &self.config, 0, args),
             &self.config,
             (operation, Retry::Idempotent),
         )
@@ -101,12 +114,33 @@ impl RedisStore {
         self.lifecycle.ensure_open(BACKEND)?;
         run_write_script(
             &self.connection,
-            &invocation(script, &self.revision_key, &self.config, args),
+            &invocation(
+                script,
+                &self.revision_key,
+                &self.config,
+                remember_for(&self.config, self.connection.is_cluster()),
+                args,
+            ),
             &self.config,
             (operation, retry),
         )
         .await
     }
+}
+
+/// How long, in ms, a write's answer is remembered for a resend of the same call:
+/// twice the request timeout on Redis Cluster (the client resends only while the call
+/// runs, which is bounded by the request timeout), not at all elsewhere (nothing
+/// resends a write there). Each remembered answer is one small key for that long.
+pub(crate) fn remember_for(config: &RedisConfig, cluster: bool) -> u64 {
+    if !cluster {
+        return 0;
+    }
+    let twice = config
+        .request_timeout
+        .saturating_mul(2)
+        .max(std::time::Duration::from_secs(1));
+    u64::try_from(twice.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A fresh random epoch candidate: only the first one of a store's data is kept.
@@ -132,15 +166,23 @@ pub(crate) async fn run_script(
 
 /// A call of a script with the prelude: the revision counter as its one key, then the
 /// common arguments (epoch candidate, stream bound), then `args`.
+/// `remember_ms` is how long a write's answer is kept for a resend of the same call (0:
+/// not kept; Redis Cluster, whose client resends, keeps it
+/// [`remember_for`]).
 pub(crate) fn invocation<'a>(
     script: &'a Script,
     revision_key: &str,
     config: &RedisConfig,
+    remember_ms: u64,
     args: &[&[u8]],
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(revision_key);
-    // The prelude reads both bounds of the change log from one argument.
-    let bounds = format!("{}:{}", config.history_capacity, config.history_max_bytes);
+    // The prelude reads both bounds of the change log, and how long a write's answer is
+    // remembered, from one argument.
+    let bounds = format!(
+        "{}:{}:{}",
+        config.history_capacity, config.history_max_bytes, remember_ms
+    );
     invocation.arg(epoch_candidate()).arg(bounds);
     for arg in args {
         invocation.arg(*arg);

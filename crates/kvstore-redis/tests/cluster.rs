@@ -100,3 +100,55 @@ async fn stores_on_different_primaries_each_write_read_and_watch() {
         .await
         .unwrap();
 }
+
+/// The cluster client sends a script again after its connection is reset; a write must
+/// still apply once and answer what it did. Create-only puts on keys nobody else writes,
+/// while every client connection of the primary is killed every few milliseconds: each
+/// either succeeds or fails with an error whose outcome is unknown, never `KeyExists`
+/// (which would mean the resend found the first send's write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resent_after_a_connection_reset_apply_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let namespace = unique_namespace();
+    let store = RedisStore::connect(config(&namespace)).await.unwrap();
+    let node = cluster().node_for_namespace(&namespace).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = cluster().cli(node, &["CLIENT", "KILL", "TYPE", "normal"]);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (mut applied, mut unknown, mut wrong) = (0, 0, Vec::new());
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n += 1;
+        let key = format!("k{n}");
+        match store
+            .atomic_put(&key, Bytes::from("v"), None, PutOptions::default())
+            .await
+        {
+            Ok(_) => applied += 1,
+            Err(e) if e.may_have_applied() => unknown += 1,
+            Err(e) => wrong.push((key, e)),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = killer.join();
+    assert!(
+        applied > 100,
+        "only {applied} writes applied ({unknown} unknown)"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} create-only puts answered wrongly, e.g. {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+}

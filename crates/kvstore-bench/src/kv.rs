@@ -99,7 +99,7 @@ impl RedisSameWork {
             .key(format!("{{raw}}:lease:{lease}"))
             .arg(key)
             .arg(value)
-            .arg(kvstore_redis::DEFAULT_STREAM_MAX_LEN)
+            .arg(kvstore_redis::DEFAULT_HISTORY_CAPACITY)
             .arg(mode)
             .arg(TTL.as_millis() as u64)
             .arg(&lease)

@@ -329,6 +329,19 @@ impl Spread {
     }
 }
 
+/// `min / median / max` of values in ms.
+pub(crate) fn spread_ms(spread: &Spread) -> String {
+    if spread.values.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{} / {} / {}",
+        number(spread.min()),
+        number(spread.median()),
+        number(spread.max())
+    )
+}
+
 /// What a row must show to be "met".
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Target {

@@ -51,15 +51,16 @@ MAXBYTES = tonumber(MAXBYTES)
 -- instead of writing twice. ONCE_MS 0 or absent: nothing is remembered. cmsgpack keeps
 -- 16-digit revisions exact (cjson would round them to 14 digits).
 ONCE_MS = tonumber(ONCE_MS) or 0
-local ONCE = P .. 'once:' .. EPOCH_CANDIDATE
 local function remembered()
   if ONCE_MS == 0 then return nil end
-  local answer = redis.call('GET', ONCE)
+  local answer = redis.call('GET', P .. 'once:' .. EPOCH_CANDIDATE)
   if answer then return cmsgpack.unpack(answer) end
   return nil
 end
 local function remember(answer)
-  if ONCE_MS > 0 then redis.call('SET', ONCE, cmsgpack.pack(answer), 'PX', ONCE_MS) end
+  if ONCE_MS > 0 then
+    redis.call('SET', P .. 'once:' .. EPOCH_CANDIDATE, cmsgpack.pack(answer), 'PX', ONCE_MS)
+  end
   return answer
 end
 

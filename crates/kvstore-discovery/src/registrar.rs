@@ -326,11 +326,7 @@ impl Registration {
     /// Dropping the future drops the registration, which deregisters it (as dropping a
     /// [`Registration`] does); the grace is cut short.
     pub async fn drain_and_deregister(self, grace: Duration) -> Result<()> {
-        let stopped = matches!(
-            self.status(),
-            RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
-        );
-        if stopped {
+        if self.is_over() {
             return Ok(());
         }
         match self.drain().await {
@@ -355,25 +351,24 @@ impl Registration {
     /// after its TTL).
     pub async fn deregister(mut self) -> Result<()> {
         self.health_check = None;
-        if matches!(
-            self.status(),
-            RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
-        ) {
+        if self.is_over() {
             return Ok(());
         }
         match self.ask(Command::Deregister).await {
             // The guard ended meanwhile (replaced, or the store closed): nothing of ours
             // is left to remove.
-            Err(Error::Closed { .. })
-                if matches!(
-                    self.status(),
-                    RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
-                ) =>
-            {
-                Ok(())
-            }
+            Err(Error::Closed { .. }) if self.is_over() => Ok(()),
             other => other,
         }
+    }
+
+    /// Whether nothing of this registration is left to remove: replaced by a newer one,
+    /// or stopped.
+    fn is_over(&self) -> bool {
+        matches!(
+            self.status(),
+            RegistrationStatus::Replaced { .. } | RegistrationStatus::Stopped
+        )
     }
 
     /// Stop heartbeating without deregistering, as if the provider had crashed: the

@@ -231,7 +231,6 @@ impl InstanceReader {
     }
 
     /// How many times the served set has changed: equal numbers, equal sets.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn version(&self) -> u64 {
         self.shared.outputs.current.borrow().seq
     }
